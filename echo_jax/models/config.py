@@ -90,19 +90,33 @@ class ModelConfig:
     """Raise ValueError naming the first inconsistent field."""
     t, v = self.text, self.vision
     if t.hidden_size % t.num_attention_heads:
-      raise ValueError(f"text.hidden_size={t.hidden_size} is not divisible by num_attention_heads={t.num_attention_heads}")
+      raise ValueError(
+        f"text.hidden_size={t.hidden_size} is not divisible by num_attention_heads={t.num_attention_heads}"
+      )
     if t.num_attention_heads % t.num_key_value_heads:
-      raise ValueError(f"text.num_attention_heads={t.num_attention_heads} is not divisible by num_key_value_heads={t.num_key_value_heads}")
+      raise ValueError(
+        f"text.num_attention_heads={t.num_attention_heads} is not divisible by num_key_value_heads={t.num_key_value_heads}"
+      )
     if 2 * sum(t.mrope_section) != t.head_dim:
-      raise ValueError(f"2 * sum(text.mrope_section)={2 * sum(t.mrope_section)} must equal the text head_dim={t.head_dim}")
+      raise ValueError(
+        f"2 * sum(text.mrope_section)={2 * sum(t.mrope_section)} must equal the text head_dim={t.head_dim}"
+      )
     if v.hidden_size % v.num_heads:
-      raise ValueError(f"vision.hidden_size={v.hidden_size} is not divisible by num_heads={v.num_heads}")
+      raise ValueError(
+        f"vision.hidden_size={v.hidden_size} is not divisible by num_heads={v.num_heads}"
+      )
     if v.head_dim % 4:
-      raise ValueError(f"vision head_dim={v.head_dim} must be a multiple of 4 (2-D rotary over height and width)")
+      raise ValueError(
+        f"vision head_dim={v.head_dim} must be a multiple of 4 (2-D rotary over height and width)"
+      )
     if v.window_size % (v.patch_size * v.spatial_merge_size):
-      raise ValueError(f"vision.window_size={v.window_size} must be a multiple of patch_size*spatial_merge_size={v.patch_size * v.spatial_merge_size}")
+      raise ValueError(
+        f"vision.window_size={v.window_size} must be a multiple of patch_size*spatial_merge_size={v.patch_size * v.spatial_merge_size}"
+      )
     if v.out_hidden_size != t.hidden_size:
-      raise ValueError(f"vision.out_hidden_size={v.out_hidden_size} must equal text.hidden_size={t.hidden_size}")
+      raise ValueError(
+        f"vision.out_hidden_size={v.out_hidden_size} must equal text.hidden_size={t.hidden_size}"
+      )
     bad = [i for i in v.fullatt_block_indexes if not 0 <= i < v.depth]
     if bad:
       raise ValueError(f"vision.fullatt_block_indexes has {bad} outside [0, depth={v.depth})")
@@ -111,4 +125,6 @@ class ModelConfig:
     if bad_ids:
       raise ValueError(f"token ids {bad_ids} are outside the vocabulary of size {t.vocab_size}")
     if self.dtype not in ("float32", "bfloat16") or self.param_dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"dtype={self.dtype!r} / param_dtype={self.param_dtype!r}: use 'float32' or 'bfloat16'")
+      raise ValueError(
+        f"dtype={self.dtype!r} / param_dtype={self.param_dtype!r}: use 'float32' or 'bfloat16'"
+      )
