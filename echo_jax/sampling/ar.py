@@ -1,0 +1,142 @@
+"""Autoregressive decoding: one token per forward (TPF = 1), ECHO_AR and baselines.
+
+`logits="next"` (default) is for autoregressive models, whose logit at a
+token predicts the next one. The first response token is predicted by the
+last context token: the model moves it out of the context
+(`SplittableContext.split_context`) and the sampler feeds it as the first
+step, so every forward feeds the previous token and appends its keys/values.
+
+`logits="at"` is for diffusion models (logit i scores the token at i): each
+forward feeds [previous token | <|MASK|>] and reads the mask's logit. That is
+exactly one-step block diffusion with block_len = 1, and runs as such.
+
+Greedy by default; temperature / top-k / top-p as in `commit.Sampling`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from echo_jax.sampling import commit, stops
+from echo_jax.sampling.block_decode import BlockSamplerConfig, _check_model
+from echo_jax.sampling.one_step import OneStepSampler
+from echo_jax.sampling.protocol import DecodeModel
+from echo_jax.sampling.state import SampleOutput, SampleStats, TokenState
+
+LOGIT_MODES = ("next", "at")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AutoregressiveSampler:
+  """Token-by-token sampler; frozen and hashable (a jit static argument)."""
+
+  eos_id: int
+  pad_id: int
+  mask_id: int = -1  # only used with logits="at"
+  max_new_tokens: int = 256
+  sampling: commit.Sampling = commit.Sampling()
+  repetition: stops.RepetitionGuard | None = None
+  logits: str = "next"  # "next": logit i predicts token i+1; "at": logit i scores token i
+
+  def validate(self, model: Any) -> None:
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+    if self.logits not in LOGIT_MODES:
+      raise ValueError(f"logits={self.logits!r}: use one of {LOGIT_MODES}")
+    if self.logits == "at" and self.mask_id < 0:
+      raise ValueError('logits="at" feeds <|MASK|> tokens: set mask_id')
+    self.sampling.validate()
+    if self.repetition is not None:
+      self.repetition.validate()
+    _check_model(model, needs_split=self.logits == "next")
+
+  def as_block_sampler(self) -> BlockSamplerConfig:
+    """The equivalent one-step block sampler (block_len = 1) for logits="at"."""
+    return OneStepSampler(
+      eos_id=self.eos_id,
+      mask_id=self.mask_id,
+      pad_id=self.pad_id,
+      block_len=1,
+      max_new_tokens=self.max_new_tokens,
+      sampling=self.sampling,
+      repetition=self.repetition,
+    )
+
+  def sample(
+    self, model: DecodeModel, params: Any, context: Any, key: jax.Array | None = None
+  ) -> SampleOutput:
+    """Decode a batch of reports. Jitted; compiled once per (config, model, shapes)."""
+    if self.logits == "at":
+      return self.as_block_sampler().sample(model, params, context, key)
+    self.validate(model)
+    return _decode_jit(self, model, params, context, key)
+
+  __call__ = sample
+
+
+def _decode(
+  cfg: AutoregressiveSampler, model: DecodeModel, params: Any, context: Any, key: jax.Array | None
+) -> SampleOutput:
+  batch = jax.tree.leaves(context)[0].shape[0]
+  r = cfg.max_new_tokens
+  head, last_BT = model.split_context(context, jnp.ones((batch,), jnp.int32), max_tail=1)
+  slots = model.context_slots(head, block_len=1)
+  cache, pos0_B = model.prefill(params, head, cache_length=slots + r, block_len=1)
+  pos0_B = pos0_B.astype(jnp.int32)
+
+  def step(st: TokenState) -> TokenState:
+    active_B = ~st.done_B
+    logits, cache = model.extend(
+      params, st.cache, st.last_B[:, None], (pos0_B + st.t)[:, None], block_len=1, num_append=1
+    )
+    k = None if key is None else jax.random.fold_in(key, st.t)
+    tok_B = commit.choose_tokens(logits, cfg.sampling, k)[0][:, 0]
+    tok_B = jnp.where(active_B, tok_B, cfg.pad_id)
+    buf = jax.lax.dynamic_update_slice(st.buf_BR, tok_B[:, None], (0, st.t))
+    eos = active_B & (tok_B == cfg.eos_id)
+    looped = jnp.zeros_like(eos)
+    if cfg.repetition is not None:
+      begin_B = jnp.zeros((batch,), jnp.int32)
+      end_B = jnp.full((batch,), st.t + 1, jnp.int32)
+      looped = active_B & ~eos & stops.repeats_ngram(buf, begin_B, end_B, st.t, 1, cfg.repetition)
+    return st.replace(
+      cache=cache,
+      t=st.t + 1,
+      last_B=tok_B,
+      buf_BR=buf,
+      eos_B=st.eos_B | eos,
+      looped_B=st.looped_B | looped,
+      done_B=st.done_B | eos | looped | (st.t + 1 >= r),
+      forwards_B=st.forwards_B + active_B.astype(jnp.int32),
+      batch_forwards=st.batch_forwards + 1,
+    )
+
+  false_B = jnp.zeros((batch,), bool)
+  st = TokenState(
+    cache=cache,
+    t=jnp.int32(0),
+    last_B=jnp.asarray(last_BT, jnp.int32)[:, 0],
+    buf_BR=jnp.full((batch, r), cfg.pad_id, jnp.int32),
+    done_B=false_B,
+    eos_B=false_B,
+    looped_B=false_B,
+    forwards_B=jnp.zeros((batch,), jnp.int32),
+    batch_forwards=jnp.int32(0),
+  )
+  st = jax.lax.while_loop(lambda s: (s.t < r) & ~jnp.all(s.done_B), step, st)
+  tokens_BR, lengths_B = stops.cut_at_eos(st.buf_BR, st.forwards_B, cfg.eos_id, cfg.pad_id)
+  stats = SampleStats(
+    forwards_B=st.forwards_B,
+    tokens_B=st.forwards_B,
+    eos_B=st.eos_B,
+    looped_B=st.looped_B,
+    batch_forwards=st.batch_forwards,
+  )
+  return SampleOutput(tokens_BR=tokens_BR, lengths_B=lengths_B, stats=stats)
+
+
+_decode_jit = jax.jit(_decode, static_argnums=(0, 1))

@@ -1,0 +1,250 @@
+"""The block-diffusion decoding loop shared by the multi-step and one-step samplers.
+
+Blocks of `block_len` (T) tokens are decoded left to right, all examples of
+the batch in lockstep (the KV cache length is shared): block n starts fully
+<|MASK|> and is denoised until nothing is masked. Steps: each denoising
+forward runs the block against the cache (`num_append=0`) and commits
+positions by `commit.commit_mask`. The finished block n-1 is written into the
+cache either by the first forward of block n (fused: [block n-1 clean | block
+n masked], 2T tokens in, `num_append=T`, logits of the last T) or by its own
+forward right before block n's first step (unfused, as the released
+multi-step code does). Fusing changes no token: block n-1's keys are computed
+with the same block-causal mask either way; it saves one forward per block.
+The last block is never written (nothing reads it).
+
+Forward accounting: `forwards_B` counts every decode forward while the example
+is unfinished and has work in it (the fused forward once; an unfused append
+forward separately); the prefill is not counted. `batch_forwards` counts
+model calls of the batch.
+
+Grids: "aligned" (the model pads the context so the response starts on a
+block boundary) or "released", see `released.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from echo_jax.sampling import commit, released, stops
+from echo_jax.sampling.protocol import DecodeModel, SplittableContext
+from echo_jax.sampling.state import BlockState, SampleOutput, SampleStats
+
+GRIDS = ("aligned", "released")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BlockSamplerConfig:
+  """Settings shared by the block samplers. Frozen and hashable: a jit static argument."""
+
+  eos_id: int  # <|im_end|>: ends the report
+  mask_id: int  # <|MASK|>
+  pad_id: int  # written after the first EOS
+  block_len: int = 8  # T: tokens per block, as the model was trained
+  max_new_tokens: int = 256  # length budget, a multiple of block_len
+  sampling: commit.Sampling = commit.Sampling()  # greedy by default
+  repetition: stops.RepetitionGuard | None = None  # None = no loop guard
+  grid: str = "aligned"  # "aligned" | "released" (the authors' unaligned global grid)
+
+  # The denoising schedule; the subclasses fix or expose these.
+  steps: int = 1
+  threshold: float = 0.85
+  fused_append: bool = True
+
+  def validate(self, model: Any) -> None:
+    if self.block_len < 1:
+      raise ValueError(f"block_len={self.block_len} must be >= 1")
+    if not 1 <= self.steps <= self.block_len:
+      raise ValueError(f"steps={self.steps} must be in [1, block_len={self.block_len}]")
+    if self.max_new_tokens < 1 or self.max_new_tokens % self.block_len:
+      raise ValueError(
+        f"max_new_tokens={self.max_new_tokens} must be a positive multiple of "
+        f"block_len={self.block_len}"
+      )
+    if self.grid not in GRIDS:
+      raise ValueError(f"grid={self.grid!r}: use one of {GRIDS}")
+    self.sampling.validate()
+    if self.repetition is not None:
+      self.repetition.validate()
+    _check_model(model, needs_split=self.grid == "released")
+
+  def sample(
+    self, model: DecodeModel, params: Any, context: Any, key: jax.Array | None = None
+  ) -> SampleOutput:
+    """Decode a batch of reports. Jitted; compiled once per (config, model, shapes)."""
+    self.validate(model)
+    return _decode_jit(self, model, params, context, key)
+
+  __call__ = sample
+
+
+def _check_model(model: Any, *, needs_split: bool) -> None:
+  if not isinstance(model, DecodeModel):
+    raise TypeError(
+      f"{type(model).__name__} does not implement echo_jax.sampling.protocol.DecodeModel "
+      "(context_slots, prefill, extend)"
+    )
+  try:
+    hash(model)
+  except TypeError as e:
+    raise TypeError(f"the model must be hashable (it is a jit static argument): {e}") from e
+  if needs_split and not isinstance(model, SplittableContext):
+    raise TypeError(
+      f"{type(model).__name__} lacks context_lengths/split_context "
+      "(protocol.SplittableContext), needed by this sampler"
+    )
+
+
+def _key_at(key: jax.Array | None, block: jax.Array, step: jax.Array) -> jax.Array | None:
+  if key is None:
+    return None
+  return jax.random.fold_in(jax.random.fold_in(key, block), step)
+
+
+def _decode(
+  cfg: BlockSamplerConfig, model: DecodeModel, params: Any, context: Any, key: jax.Array | None
+) -> SampleOutput:
+  T = cfg.block_len
+  due_S = jnp.asarray(commit.transfer_schedule(T, cfg.steps), jnp.int32)
+  if cfg.grid == "released":
+    head, tail_BT, tail_len_B = released.split_prompt(model, context, T)
+    num_blocks = cfg.max_new_tokens // T + 1
+    # As released: blocks up to the one holding prompt + budget - 1.
+    blocks_B = (tail_len_B + cfg.max_new_tokens + T - 1) // T
+  else:
+    head = context
+    num_blocks = cfg.max_new_tokens // T
+    batch = jax.tree.leaves(context)[0].shape[0]
+    tail_BT = jnp.zeros((batch, T), jnp.int32)
+    tail_len_B = jnp.zeros((batch,), jnp.int32)
+    blocks_B = jnp.full((batch,), num_blocks, jnp.int32)
+  batch = tail_BT.shape[0]
+  slots = model.context_slots(head, block_len=T)
+  cache, pos0_B = model.prefill(params, head, cache_length=slots + num_blocks * T, block_len=T)
+  pos0_B = pos0_B.astype(jnp.int32)
+  idx_T = jnp.arange(T, dtype=jnp.int32)
+  is_tail_BT = idx_T[None, :] < tail_len_B[:, None]
+
+  def positions(block):
+    return pos0_B[:, None] + block * T + idx_T[None, :]
+
+  def commit_step(st: BlockState, logits_BTV: jax.Array) -> BlockState:
+    tokens, conf = commit.choose_tokens(logits_BTV, cfg.sampling, _key_at(key, st.block, st.step))
+    sel = commit.commit_mask(
+      conf, st.masked_BT, due_S[jnp.minimum(st.step, cfg.steps - 1)], cfg.threshold
+    )
+    return st.replace(
+      x_BT=jnp.where(sel, tokens, st.x_BT), masked_BT=st.masked_BT & ~sel, step=st.step + 1
+    )
+
+  def count(st: BlockState, active_B: jax.Array) -> BlockState:
+    return st.replace(
+      forwards_B=st.forwards_B + active_B.astype(jnp.int32), batch_forwards=st.batch_forwards + 1
+    )
+
+  def denoise(st: BlockState) -> BlockState:
+    st = count(st, jnp.any(st.masked_BT, axis=-1))
+    logits, cache = model.extend(
+      params, st.cache, st.x_BT, positions(st.block), block_len=T, num_append=0
+    )
+    return commit_step(st.replace(cache=cache), logits)
+
+  def fused(st: BlockState) -> BlockState:
+    st = count(st, jnp.any(st.masked_BT, axis=-1))
+    toks = jnp.concatenate([st.prev_BT, st.x_BT], axis=1)
+    pos = jnp.concatenate([positions(st.block - 1), positions(st.block)], axis=1)
+    logits, cache = model.extend(params, st.cache, toks, pos, block_len=T, num_append=T)
+    return commit_step(st.replace(cache=cache), logits[:, T:])
+
+  def append(st: BlockState) -> BlockState:
+    st = count(st, ~st.done_B)
+    _, cache = model.extend(
+      params, st.cache, st.prev_BT, positions(st.block - 1), block_len=T, num_append=T
+    )
+    return st.replace(cache=cache)
+
+  def run_block(st: BlockState, first: str) -> BlockState:
+    """Decode block `st.block`; `first` is "none", "fused" or "append" (static)."""
+    is_tail = is_tail_BT & (st.block == 0)
+    active_B = ~st.done_B
+    st = st.replace(
+      step=jnp.int32(0),
+      x_BT=jnp.where(is_tail, tail_BT, jnp.where(active_B[:, None], cfg.mask_id, cfg.pad_id)),
+      masked_BT=~is_tail & active_B[:, None],
+    )
+    if first == "fused":
+      st = fused(st)
+    elif first == "append":
+      st = append(st)
+    st = jax.lax.while_loop(lambda s: (s.step < cfg.steps) & jnp.any(s.masked_BT), denoise, st)
+    return finish_block(st, active_B)
+
+  def finish_block(st: BlockState, active_B: jax.Array) -> BlockState:
+    start = st.block * T
+    resp_BT = ~(is_tail_BT & (st.block == 0))
+    buf = jax.lax.dynamic_update_slice(
+      st.buf_BNT,
+      jnp.where(active_B[:, None], st.x_BT, cfg.pad_id),
+      (0, start),
+    )
+    eos = active_B & stops.has_eos(st.x_BT, resp_BT, cfg.eos_id)
+    looped = jnp.zeros_like(eos)
+    if cfg.repetition is not None:
+      end_B = jnp.full((batch,), start + T, jnp.int32)
+      looped = (
+        active_B & ~eos & stops.repeats_ngram(buf, tail_len_B, end_B, start, T, cfg.repetition)
+      )
+    out_of_budget = st.block + 1 >= blocks_B
+    return st.replace(
+      buf_BNT=buf,
+      prev_BT=st.x_BT,
+      tokens_B=st.tokens_B + jnp.where(active_B, jnp.sum(resp_BT, axis=-1), 0),
+      eos_B=st.eos_B | eos,
+      looped_B=st.looped_B | looped,
+      done_B=st.done_B | eos | looped | out_of_budget,
+      block=st.block + 1,
+    )
+
+  zeros_B = jnp.zeros((batch,), jnp.int32)
+  false_B = jnp.zeros((batch,), bool)
+  st = BlockState(
+    cache=cache,
+    block=jnp.int32(0),
+    step=jnp.int32(0),
+    x_BT=tail_BT,
+    masked_BT=jnp.zeros((batch, T), bool),
+    prev_BT=tail_BT,
+    buf_BNT=jnp.full((batch, num_blocks * T), cfg.pad_id, jnp.int32),
+    done_B=false_B,
+    eos_B=false_B,
+    looped_B=false_B,
+    forwards_B=zeros_B,
+    tokens_B=zeros_B,
+    batch_forwards=jnp.int32(0),
+  )
+  st = run_block(st, "none")
+  later = "fused" if cfg.fused_append else "append"
+  st = jax.lax.while_loop(
+    lambda s: (s.block < num_blocks) & ~jnp.all(s.done_B), lambda s: run_block(s, later), st
+  )
+  # The response of example b starts at its tail length on the block grid.
+  r = cfg.max_new_tokens + (T if cfg.grid == "released" else 0)
+  src_BR = tail_len_B[:, None] + jnp.arange(r)[None, :]
+  resp = jnp.take_along_axis(st.buf_BNT, jnp.minimum(src_BR, num_blocks * T - 1), axis=1)
+  resp = jnp.where(src_BR < num_blocks * T, resp, cfg.pad_id)
+  # Decoded response tokens are exactly the committed ones: tokens_B.
+  tokens_BR, lengths_B = stops.cut_at_eos(resp, st.tokens_B, cfg.eos_id, cfg.pad_id)
+  stats = SampleStats(
+    forwards_B=st.forwards_B,
+    tokens_B=st.tokens_B,
+    eos_B=st.eos_B,
+    looped_B=st.looped_B,
+    batch_forwards=st.batch_forwards,
+  )
+  return SampleOutput(tokens_BR=tokens_BR, lengths_B=lengths_B, stats=stats)
+
+
+_decode_jit = jax.jit(_decode, static_argnums=(0, 1))
