@@ -1,0 +1,87 @@
+r"""Stage 2 (ECHO_Base): Response-Asymmetric Diffusion training from the AR model.
+
+The sequence is [context | noisy response | clean response] with the mask of
+ECHO.md §5. Training starts from the stage-1 weights (`init.path`: an echo_jax AR
+workdir, or a Hugging Face directory) with the vision tower and merger frozen.
+
+Presets:
+  tiny  the synthetic benchmark on a laptop CPU; starts from the tiny AR run's workdir.
+  7b    Lingshu-7B shapes, bfloat16, FSDP over all devices, remat, block length 8.
+
+Run (from the repository root):
+  python -m echo_jax.main --config=configs/ar.py:tiny     # stage 1 first
+  python -m echo_jax.main --config=configs/rad.py:tiny
+  python -m echo_jax.main --config=configs/rad.py:tiny,block_len=4 --config.num_steps=100
+  python -m echo_jax.main --config=configs/rad.py:7b --config.init.path=gs://bucket/echo/ar_7b \
+      --config.data.path=/data/mimic_r2gen --config.data.images_root=/data/mimic/images
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def _common():
+  # Config files are loaded by path (not as a package): import the sibling module by path.
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py")
+  spec = importlib.util.spec_from_file_location("echo_jax_configs_common", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+PRESETS = ("tiny", "7b")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  common = _common()
+  args = common.parse_arg(arg, preset="tiny", block_len=8)
+  if args.preset not in PRESETS:
+    raise ValueError(
+      f"unknown preset {args.preset!r} for configs/rad.py; known: {', '.join(PRESETS)}"
+    )
+  c = common.base_config()
+  c.stage = "rad"
+  c.preset = args.preset
+  c.freeze = ("vision",)  # the paper trains the LLM only: ViT and merger stay frozen
+  c.rad.block_len = int(args.block_len)
+  c.init.format = "auto"
+  if args.preset == "tiny":
+    c.workdir = "workdir/tiny/rad"
+    c.init.path = "workdir/tiny/ar"  # the workdir of `configs/ar.py:tiny`
+    c.num_steps = 600
+    c.batch_size = 32
+    c.optimizer.learning_rate = 1.5e-3
+  else:
+    c.workdir = "workdir/7b/rad"
+    c.init.path = "workdir/7b/ar"  # the stage-1 workdir (or a Hugging Face directory)
+    c.model.preset = "lingshu-7b"
+    c.model.dtype = "bfloat16"
+    c.model.param_dtype = "float32"
+    c.model.remat = True
+    c.mesh.data = 1
+    c.mesh.fsdp = -1
+    c.mesh.tensor = 1
+    c.data.name = "r2gen"
+    c.data.path = ""  # set --config.data.path
+    c.data.min_pixels = 256 * 28 * 28
+    c.data.max_pixels = 1500 * 1500
+    c.data.context_len = 3072
+    c.data.response_len = 256
+    c.data.max_patches = (
+      11480  # one image of max_pixels: 2.25M / 14**2 patches, rounded up to a multiple of 4
+    )
+    c.data.worker_count = 8
+    c.batch_size = 64
+    c.num_steps = 10_000
+    c.optimizer.learning_rate = 1e-5
+    c.optimizer.warmup_steps = 200
+    c.optimizer.b2 = 0.999
+    c.optimizer.weight_decay = 0.0
+    c.eval_every = 1000
+    c.eval_batches = 0
+    c.checkpoint_every = 1000
+  return c

@@ -1,0 +1,109 @@
+r"""Train ECHO: `python -m echo_jax.main --config=configs/<stage>.py:<preset> [--config.key=value ...]`.
+
+Examples:
+  python -m echo_jax.main --config=configs/ar.py:tiny
+  python -m echo_jax.main --config=configs/rad.py:tiny --config.num_steps=100
+  # multi-host (TPU pods set the coordinator themselves; GPU clusters pass it):
+  python -m echo_jax.main --config=configs/rad.py:7b --distributed \
+      --coordinator_address=host0:1234 --num_processes=4 --process_id=$RANK
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+from echo_jax import config_lib
+
+_CONFIG = config_lib.define_config_flag()
+_DISTRIBUTED = flags.DEFINE_bool(
+  "distributed",
+  None,
+  "Call jax.distributed.initialize() (default: when a multi-process environment is detected).",
+)
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "host:port of process 0 (GPU clusters)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Total number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_VALIDATE_ONLY = flags.DEFINE_bool(
+  "validate_only", False, "Check the config against the devices and exit."
+)
+
+# Environment variables that mean "one of several processes" (Slurm, Open MPI, JAX's own,
+# Cloud TPU multi-host slices).
+_MULTIPROCESS_ENV = (
+  "JAX_COORDINATOR_ADDRESS",
+  "SLURM_NTASKS",
+  "OMPI_COMM_WORLD_SIZE",
+  "TPU_WORKER_HOSTNAMES",
+)
+
+
+def _wants_distributed() -> bool:
+  if _DISTRIBUTED.value is not None:
+    return _DISTRIBUTED.value
+  if _COORDINATOR.value:
+    return True
+  for name in _MULTIPROCESS_ENV:
+    value = os.environ.get(name, "")
+    if name == "TPU_WORKER_HOSTNAMES":
+      if "," in value:
+        return True
+    elif name in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+      if value.isdigit() and int(value) > 1:
+        return True
+    elif value:
+      return True
+  return False
+
+
+class _QuietLibraries(logging.Filter):
+  """Keep Orbax's and Grain's per-save INFO chatter out of the training log."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not any(
+      s in record.pathname for s in ("/orbax/", "/grain/")
+    )
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+  import jax  # after flag parsing: XLA flags in the environment are read at import
+
+  if _wants_distributed():
+    jax.distributed.initialize(
+      coordinator_address=_COORDINATOR.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value,
+    )
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required, e.g. --config=configs/ar.py:tiny")
+  try:
+    config_lib.validate(config, jax.device_count())  # every config error at once, before compute
+  except config_lib.ConfigError as e:
+    raise SystemExit(str(e)) from None
+  logging.info(
+    "process %d/%d, %d devices, config:\n%s",
+    jax.process_index(),
+    jax.process_count(),
+    jax.device_count(),
+    config,
+  )
+  if _VALIDATE_ONLY.value:
+    return
+  from echo_jax.train import loop
+
+  if config.stage not in ("ar", "rad"):
+    raise app.UsageError(f"stage {config.stage!r} has no training loop here")
+  loop.train(config)
+
+
+if __name__ == "__main__":
+  app.run(main)

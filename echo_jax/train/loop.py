@@ -1,0 +1,204 @@
+"""The training loop of stages "ar" and "rad": init or resume, step, log, evaluate, save.
+
+`train(config)` builds everything from the config. The pieces that depend on the model,
+the objective and the dataset come as a `Task`, so the same loop runs the real VLM
+(`tasks.build_task`) or a small stand-in in tests:
+
+  init or resume -> for each step: next batch -> jitted step (state donated) ->
+  push metrics (read one step late) -> periodic eval / samples / checkpoint
+  -> SIGTERM or SIGINT: save and stop; a non-finite loss: stop, keep the last good save.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from etils import epath
+from flax import nnx
+
+from echo_jax import config_lib
+from echo_jax.data import pipeline
+from echo_jax.train import checkpoint as checkpoint_lib
+from echo_jax.train import mesh as mesh_lib
+from echo_jax.train import metrics as metrics_lib
+from echo_jax.train import optimizer as optimizer_lib
+from echo_jax.train import state as state_lib
+from echo_jax.train import step as step_lib
+from echo_jax.train.state import TrainState
+
+log = logging.getLogger(__name__)
+
+# hook(step, state, graphdef) -> {name: text}: e.g. generated sample reports to log.
+SampleHook = Callable[[int, TrainState, nnx.GraphDef], dict[str, str]]
+
+
+@dataclasses.dataclass
+class Task:
+  """What the loop needs from a model + objective + dataset.
+
+  model_fn: builds the model (called under nnx.eval_shape and under jit).
+  loss_fn: step.LossFn, `(model, batch, key) -> (loss, metrics)`; must weight examples
+    with `batch["example_valid"] == False` (eval padding) by zero when that key exists.
+  train_records / eval_records: the examples' source records (e.g. Study objects).
+  transform: record -> fixed-shape example dict (see data/pipeline.py).
+  model_state: a full model state to start from (previous stage / Hugging Face), or None.
+  tokens_per_example: tokens one example sends through the model (for tokens/s).
+  sample_hooks: called every `config.sample_every` steps; their texts are logged.
+  """
+
+  model_fn: Callable[[], nnx.Module]
+  loss_fn: step_lib.LossFn
+  train_records: Sequence[Any]
+  transform: pipeline.Transform
+  eval_records: Sequence[Any] = ()
+  model_state: nnx.State | None = None
+  tokens_per_example: int = 0
+  sample_hooks: Sequence[SampleHook] = ()
+
+
+@dataclasses.dataclass
+class RunResult:
+  state: TrainState
+  graphdef: nnx.GraphDef
+  history: list[tuple[int, dict[str, float]]]  # (0-based step, metrics) of every step run
+  eval_history: list[tuple[int, dict[str, float]]]
+  stopped_early: bool  # preempted (a checkpoint was written)
+
+
+def evaluate(eval_step, state: TrainState, records, transform, config, mesh) -> dict[str, float]:
+  """Token-weighted mean of the eval metrics over `config.eval_batches` batches (0 = all)."""
+  ds = pipeline.eval_dataset(records, transform, global_batch_size=config.batch_size)
+  it = pipeline.GlobalBatchIterator(ds, mesh)
+  sums: dict[str, float] = {}
+  total = 0.0
+  for index, batch in enumerate(it):
+    if config.eval_batches and index >= config.eval_batches:
+      break
+    out = jax.device_get(eval_step(state, batch, np.int32(index)))
+    weight = float(out.get("num_tokens", 1.0))
+    for k, v in out.items():
+      sums[k] = sums.get(k, 0.0) + (float(v) if k.startswith("num_") else float(v) * weight)
+    total += weight
+  return {k: v if k.startswith("num_") else v / max(total, 1e-9) for k, v in sums.items()}
+
+
+def _init_state(
+  config, task: Task, tx, mesh, rules, checkpointer, train_iter
+) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+  freeze = tuple(config.freeze)
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    graphdef, abstract, shardings = state_lib.state_shardings(
+      task.model_fn, tx, mesh, rules, freeze
+    )
+    state = checkpointer.restore(abstract, shardings, freeze, data_iterator=train_iter, step=latest)
+    log.info("resumed from %s at step %d", checkpointer.directory, latest)
+    return graphdef, state, shardings
+  return state_lib.create_train_state(
+    task.model_fn, tx, mesh, rules, freeze, model_state=task.model_state
+  )
+
+
+def train(
+  config: ml_collections.ConfigDict,
+  task: Task | None = None,
+  *,
+  devices: Sequence[jax.Device] | None = None,
+) -> RunResult:
+  """Run (or resume) the training run of `config` in `config.workdir`.
+
+  `devices` (default: all) is what the mesh spans. The run resumes from the newest
+  checkpoint in the workdir if there is one.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  config_lib.validate(config, len(devices))
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  rules = mesh_lib.logical_rules(config)
+  if task is None:
+    from echo_jax.train import tasks  # the real model, objectives and data
+
+    task = tasks.build_task(config, mesh, rules)
+
+  tx = optimizer_lib.make_optimizer(config)
+  schedule = optimizer_lib.make_schedule(config)
+  workdir = epath.Path(config.workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  checkpointer = checkpoint_lib.Checkpointer(
+    workdir, keep=config.keep_checkpoints, async_save=config.async_checkpoint
+  )
+  train_iter = pipeline.GlobalBatchIterator(
+    pipeline.train_dataset(
+      task.train_records,
+      task.transform,
+      global_batch_size=config.batch_size,
+      seed=config.seed,
+      worker_count=config.data.worker_count,
+      worker_buffer_size=config.data.worker_buffer_size,
+    ),
+    mesh,
+  )
+  graphdef, state, shardings = _init_state(config, task, tx, mesh, rules, checkpointer, train_iter)
+  train_step = step_lib.make_train_step(
+    graphdef,
+    task.loss_fn,
+    tx,
+    schedule,
+    seed=config.seed,
+    grad_accum_steps=config.grad_accum_steps,
+    state_shardings=shardings,
+  )
+  eval_step = step_lib.make_eval_step(graphdef, task.loss_fn, seed=config.seed)
+  logger = metrics_lib.MetricLogger(
+    metrics_lib.make_writer(str(workdir), tensorboard=config.tensorboard),
+    num_steps=config.num_steps,
+    log_every=config.log_every,
+    tokens_per_step=task.tokens_per_example * config.batch_size,
+  )
+  guard = checkpoint_lib.PreemptionGuard()
+  eval_history: list[tuple[int, dict[str, float]]] = []
+  start = int(jax.device_get(state.step))
+  stopped = False
+
+  def save(force: bool = False) -> None:
+    logger.flush()  # the saved state's own step must have a finite loss
+    checkpointer.save(state, train_iter, force=force)
+
+  try:
+    with mesh_lib.use_mesh(mesh):
+      for step in range(start, config.num_steps):
+        batch = next(train_iter)
+        state, metrics = train_step(state, batch)
+        logger.push(step, metrics)
+        done = step + 1
+        if config.eval_every and done % config.eval_every == 0 and task.eval_records:
+          result = evaluate(eval_step, state, task.eval_records, task.transform, config, mesh)
+          logger.write_eval(done, result)
+          eval_history.append((step, result))
+        if config.sample_every and done % config.sample_every == 0:
+          for hook in task.sample_hooks:
+            logger.write_texts(done, hook(done, state, graphdef))
+        if guard.should_stop(step, checkpointer) and done < config.num_steps:
+          log.warning("stopping at step %d: saving a checkpoint", done)
+          save(force=True)
+          stopped = True
+          break
+        if done % config.checkpoint_every == 0 or done == config.num_steps:
+          save(force=done == config.num_steps)
+      logger.flush()
+  finally:
+    checkpointer.close()  # waits for async writes: a failed run still leaves its last good save
+    logger.close()
+    guard.close()
+  return RunResult(
+    state=state,
+    graphdef=graphdef,
+    history=logger.history,
+    eval_history=eval_history,
+    stopped_early=stopped,
+  )

@@ -1,0 +1,145 @@
+"""Training metrics: fetched one step late, checked for non-finite values, written by CLU.
+
+The loop pushes the device-side metrics of step s while step s+1 is already queued,
+and only then reads the metrics of step s to the host, so the device never waits for
+the host (nanodo's pattern). Every step's loss and gradient norm are checked: a NaN or
+Inf stops the run with the step number before anything else is saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or gradient norm of a step was NaN or Inf."""
+
+  def __init__(self, step: int, metrics: Mapping[str, float]):
+    self.step = step
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    super().__init__(
+      f"non-finite training metrics {bad} at step {step}; the newest checkpoint is the last good one. "
+      "Lower the learning rate, raise warmup, or inspect the batch of this step."
+    )
+
+
+class LogWriter:
+  """The CLU MetricWriter methods the loop uses, writing to the Python log only.
+
+  Used when TensorBoard is off: CLU's writers import TensorFlow, which takes seconds.
+  """
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    text = ", ".join(f"{k}={v:.6g}" for k, v in sorted(scalars.items()))
+    log.info("[%d] %s", step, text)
+
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+    for k, v in texts.items():
+      log.info("[%d] %s: %s", step, k, v)
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+def make_writer(workdir: str, *, tensorboard: bool = True, enabled: bool | None = None) -> Any:
+  """CLU's writer: TensorBoard files under `<workdir>/tensorboard` plus the log (process 0).
+
+  `tensorboard=False` gives the log-only LogWriter without importing TensorFlow.
+  """
+  enabled = jax.process_index() == 0 if enabled is None else enabled
+  if not tensorboard:
+    return LogWriter()
+  from clu import metric_writers  # imports TensorFlow: only when TensorBoard is wanted
+
+  return metric_writers.create_default_writer(
+    f"{workdir}/tensorboard", just_logging=not enabled, asynchronous=True
+  )
+
+
+class MetricLogger:
+  """Collects step metrics one step late and writes averages every `log_every` steps.
+
+  `tokens_per_step` (tokens through the model per optimizer step) gives tokens/s; ETA
+  is the remaining steps times the mean step time since the first logged step.
+  """
+
+  CHECKED = ("loss", "grad_norm")
+
+  def __init__(
+    self,
+    writer: Any,
+    *,
+    num_steps: int,
+    log_every: int,
+    tokens_per_step: int = 0,
+  ):
+    self.writer = writer
+    self.num_steps = num_steps
+    self.log_every = log_every
+    self.tokens_per_step = tokens_per_step
+    self._pending: tuple[int, Any] | None = None
+    self._window: list[dict[str, float]] = []
+    self._last_time: float | None = None
+    self._last_step: int | None = None
+    self.last_finite_step: int | None = None
+    self.history: list[tuple[int, dict[str, float]]] = []
+
+  def push(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
+    """Record the (device) metrics of `step`; handles the previous step's metrics now."""
+    previous, self._pending = self._pending, (step, metrics)
+    if previous is not None:
+      self._handle(*previous)
+
+  def flush(self) -> None:
+    """Handle the pending step now (before a checkpoint save or at the end)."""
+    previous, self._pending = self._pending, None
+    if previous is not None:
+      self._handle(*previous)
+
+  def _handle(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
+    values = {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
+    if not all(math.isfinite(values[k]) for k in self.CHECKED if k in values):
+      raise NonFiniteLossError(step, values)
+    self.last_finite_step = step
+    self.history.append((step, values))
+    self._window.append(values)
+    if (step + 1) % self.log_every == 0 or step + 1 == self.num_steps:
+      self._write(step)
+
+  def _write(self, step: int) -> None:
+    now = time.perf_counter()
+    keys = self._window[0].keys()
+    scalars = {k: float(np.mean([w[k] for w in self._window])) for k in keys}
+    if self._last_time is not None and step > self._last_step:
+      seconds = (now - self._last_time) / (step - self._last_step)
+      scalars["seconds_per_step"] = seconds
+      if self.tokens_per_step:
+        scalars["tokens_per_second"] = self.tokens_per_step / seconds
+      scalars["eta_hours"] = (self.num_steps - step - 1) * seconds / 3600.0
+    self._last_time, self._last_step = now, step
+    self._window = []
+    # Steps are reported 1-based: "step 10" is the state after 10 optimizer updates.
+    self.writer.write_scalars(step + 1, scalars)
+
+  def write_eval(self, step: int, metrics: Mapping[str, float]) -> None:
+    self.writer.write_scalars(step, {f"eval/{k}": float(v) for k, v in metrics.items()})
+
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+    """Sample reports and the like (TensorBoard text tab)."""
+    self.writer.write_texts(step, dict(texts))
+
+  def close(self) -> None:
+    self.writer.flush()
+    self.writer.close()
