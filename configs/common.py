@@ -91,6 +91,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.rad.eps = 1e-3  # smallest noise level t (loss weight 1/t <= 1/eps)
   c.rad.per_block_noise = False  # one noise level per block instead of per example
   c.rad.complementary = False  # add the complementary noisy copy (every token trained once)
+  # Block lengths drawn per step, e.g. (4, 8): one teacher for students of each B (() = off).
+  c.rad.mixed_block_lens = ()  # each must divide context_len and response_len
+
+  # One-step distillation (stage "dcd", ECHO.md §6): block length from rad.block_len.
+  c.dcd = ml_collections.ConfigDict()
+  c.dcd.teacher_path = ""  # the RAD teacher: an echo_jax workdir or checkpoint step
+  c.dcd.threshold = 0.85  # tau of the teacher's multi-step confidence rule
+  c.dcd.top_k = 0  # record the teacher's top-k probabilities (0 = the full vocabulary)
+  c.dcd.student_prefix = False  # earlier blocks decoded by the student (beyond the paper)
+  c.dcd.step_weights = True  # weight positions by their commit step (ablation: False)
+  c.dcd.eos_weight = 1.0  # lambda of the EOS cross-entropy (ablation: 0)
+  c.dcd.divergence = "forward_kl"  # forward_kl (the paper) | reverse_kl (ablation)
+  c.dcd.rad_weight = 0.0  # mix in the RAD loss on the reference reports (0 = off)
+  c.dcd.loop_ngram = 8  # discard rollouts repeating an n-gram of this length (0 = never)
+  c.dcd.loop_max = 4  # ... more than this many times
   return c
 
 

@@ -20,7 +20,7 @@ from ml_collections import config_flags
 from echo_jax.models import presets
 from echo_jax.models.config import ModelConfig
 
-STAGES = ("ar", "rad")
+STAGES = ("ar", "rad", "dcd")
 DTYPES = ("float32", "bfloat16")
 INIT_FORMATS = ("auto", "echo", "hf")
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -178,17 +178,41 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     p.append(f"grad_accum_steps={c.grad_accum_steps} must be >= 1")
 
   block = c.rad.block_len
-  if block < 1:
-    p.append(f"rad.block_len={block} must be >= 1")
-  elif c.stage == "rad":
-    if c.data.response_len % block:
+  blocks = [block] + [b for b in c.rad.mixed_block_lens if b != block]
+  if block < 1 or any(b < 1 for b in blocks):
+    p.append(f"rad.block_len={block} and rad.mixed_block_lens must be >= 1")
+  elif c.stage in ("rad", "dcd"):
+    key = "rad.block_len"
+    for b in blocks:
+      if b != block:
+        key = "rad.mixed_block_lens"
+      if c.data.response_len % b:
+        p.append(
+          f"{key}={b} does not divide data.response_len={c.data.response_len}: pad the response to a multiple of the block length"
+        )
+      if c.data.context_len % b:
+        p.append(
+          f"{key}={b} does not divide data.context_len={c.data.context_len}: the context is left-padded to a multiple of the block length"
+        )
+  if c.stage == "dcd":
+    d = c.dcd
+    if not d.teacher_path:
+      p.append("dcd.teacher_path is empty: set it to the RAD teacher's workdir")
+    elif not epath.Path(d.teacher_path).exists():
       p.append(
-        f"rad.block_len={block} does not divide data.response_len={c.data.response_len}: pad the response to a multiple of the block length"
+        f"dcd.teacher_path={d.teacher_path!r} does not exist: train the RAD teacher first or fix the path"
       )
-    if c.data.context_len % block:
-      p.append(
-        f"rad.block_len={block} does not divide data.context_len={c.data.context_len}: the context is left-padded to a multiple of the block length"
-      )
+    if not 0.0 < d.threshold <= 1.0:
+      p.append(f"dcd.threshold={d.threshold} must be in (0, 1]")
+    if d.top_k < 0:
+      p.append(f"dcd.top_k={d.top_k} must be >= 0 (0 = full distribution)")
+    if d.divergence not in ("forward_kl", "reverse_kl"):
+      p.append(f"dcd.divergence={d.divergence!r} must be 'forward_kl' or 'reverse_kl'")
+    for key in ("eos_weight", "rad_weight", "loop_ngram"):
+      if d[key] < 0:
+        p.append(f"dcd.{key}={d[key]} must be >= 0")
+    if d.loop_ngram and d.loop_max < 1:
+      p.append(f"dcd.loop_max={d.loop_max} must be >= 1")
   if not 0.0 < c.rad.eps < 1.0:
     p.append(f"rad.eps={c.rad.eps} must be in (0, 1)")
   elif c.rad.complementary and not c.rad.eps < 0.5:

@@ -1,6 +1,7 @@
 r"""Train ECHO: `python -m echo_jax.main --config=configs/<stage>.py:<preset> [--config.key=value ...]`.
 
 Examples:
+  python -m echo_jax.main --config=configs/dcd.py        # the main job (echo_jax/reproduce.py)
   python -m echo_jax.main --config=configs/ar.py:tiny
   python -m echo_jax.main --config=configs/rad.py:tiny --config.num_steps=100
   # multi-host (TPU pods set the coordinator themselves; GPU clusters pass it):
@@ -11,12 +12,12 @@ Examples:
 from __future__ import annotations
 
 import logging
-import os
 
 from absl import app, flags
 from absl import logging as absl_logging
 
 from echo_jax import config_lib
+from echo_jax.train import distributed
 
 _CONFIG = config_lib.define_config_flag()
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -33,32 +34,11 @@ _VALIDATE_ONLY = flags.DEFINE_bool(
   "validate_only", False, "Check the config against the devices and exit."
 )
 
-# Environment variables that mean "one of several processes" (Slurm, Open MPI, JAX's own,
-# Cloud TPU multi-host slices).
-_MULTIPROCESS_ENV = (
-  "JAX_COORDINATOR_ADDRESS",
-  "SLURM_NTASKS",
-  "OMPI_COMM_WORLD_SIZE",
-  "TPU_WORKER_HOSTNAMES",
-)
-
 
 def _wants_distributed() -> bool:
   if _DISTRIBUTED.value is not None:
     return _DISTRIBUTED.value
-  if _COORDINATOR.value:
-    return True
-  for name in _MULTIPROCESS_ENV:
-    value = os.environ.get(name, "")
-    if name == "TPU_WORKER_HOSTNAMES":
-      if "," in value:
-        return True
-    elif name in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
-      if value.isdigit() and int(value) > 1:
-        return True
-    elif value:
-      return True
-  return False
+  return bool(_COORDINATOR.value) or distributed.multiprocess_environment()
 
 
 class _QuietLibraries(logging.Filter):
@@ -84,9 +64,16 @@ def main(argv: list[str]) -> None:
     )
   config = _CONFIG.value
   if config is None:
-    raise app.UsageError("--config is required, e.g. --config=configs/ar.py:tiny")
-  try:
-    config_lib.validate(config, jax.device_count())  # every config error at once, before compute
+    raise app.UsageError("--config is required, e.g. --config=configs/dcd.py")
+  pipeline = config.stage == "pipeline"  # configs/dcd.py:tiny, the whole ECHO recipe
+  if pipeline:
+    from echo_jax import reproduce
+
+  try:  # every config error at once, before any compute
+    if pipeline:
+      reproduce.validate(config, jax.device_count())
+    else:
+      config_lib.validate(config, jax.device_count())
   except config_lib.ConfigError as e:
     raise SystemExit(str(e)) from None
   logging.info(
@@ -98,10 +85,11 @@ def main(argv: list[str]) -> None:
   )
   if _VALIDATE_ONLY.value:
     return
+  if pipeline:
+    reproduce.run(config)
+    return
   from echo_jax.train import loop
 
-  if config.stage not in ("ar", "rad"):
-    raise app.UsageError(f"stage {config.stage!r} has no training loop here")
   loop.train(config)
 
 

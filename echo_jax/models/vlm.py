@@ -80,10 +80,18 @@ class EchoVLM(nnx.Module):
     positions_3BL: jax.Array,
     mask_BLL: jax.Array,
     vision: VisionInputs | None = None,
+    logits_span: tuple[int, int] | None = None,
   ) -> jax.Array:
-    """Float32 logits (B, L, V) under `mask_BLL` (bool, True = may attend)."""
+    """Float32 logits (B, L, V) under `mask_BLL` (bool, True = may attend).
+
+    `logits_span=(start, stop)` scores only those positions (B, stop - start, V): the
+    training objectives weigh only the response copies, and at a 150k vocabulary the
+    logits of the whole packed sequence would dominate activation memory.
+    """
     _check_mask(mask_BLL, tokens_BL.shape)
     hidden_BLD, _, _ = self.text(self.embed(tokens_BL, vision), positions_3BL, mask_BLL)
+    if logits_span is not None:
+      hidden_BLD = hidden_BLD[:, logits_span[0] : logits_span[1]]
     return self.text.logits(hidden_BLD)
 
   def prefill(

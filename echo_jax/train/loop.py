@@ -50,6 +50,9 @@ class Task:
   model_state: a full model state to start from (previous stage / Hugging Face), or None.
   tokens_per_example: tokens one example sends through the model (for tokens/s).
   sample_hooks: called every `config.sample_every` steps; their texts are logged.
+  prepare_batch: `(state, graphdef, batch) -> batch`, run on every train and eval batch
+    before the step (DCD: the frozen teacher's rollout adds its targets). It must be
+    jitted and must not sync with the host, so the step queue keeps flowing.
   """
 
   model_fn: Callable[[], nnx.Module]
@@ -60,6 +63,45 @@ class Task:
   model_state: nnx.State | None = None
   tokens_per_example: int = 0
   sample_hooks: Sequence[SampleHook] = ()
+  prepare_batch: Callable[[TrainState, nnx.GraphDef, Any], Any] | None = None
+
+
+RECORD_INDEX = "record_index"  # int32 field added to each training example: its record's index
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexedTransform:
+  """Record index -> the task's example plus its RECORD_INDEX (picklable for Grain workers)."""
+
+  records: Sequence[Any]
+  transform: pipeline.Transform
+
+  def __call__(self, index: int) -> pipeline.Example:
+    return {**self.transform(self.records[index]), RECORD_INDEX: np.int32(index)}
+
+
+def study_ids(record_index: Any, records: Sequence[Any]) -> list[str]:
+  """Ids (`record.id`, else the record) of this process's rows of a batch's RECORD_INDEX."""
+  if record_index is None:
+    return []
+  rows: dict[int, int] = {}
+  for shard in getattr(record_index, "addressable_shards", ()):
+    start = (shard.index[0].start or 0) if shard.index else 0
+    rows.update((start + i, v) for i, v in enumerate(np.asarray(shard.data).tolist()))
+  if not rows:  # a host array
+    rows = dict(enumerate(np.asarray(record_index).tolist()))
+  return [str(getattr(records[i], "id", records[i])) for _, i in sorted(rows.items())]
+
+
+class NonFiniteBatchError(metrics_lib.NonFiniteLossError):
+  """A NonFiniteLossError that also names the studies of the step's batch."""
+
+  def __init__(self, error: metrics_lib.NonFiniteLossError, ids: Sequence[str]):
+    self.step, self.study_ids = error.step, list(ids)
+    share = " (this process's share)" if jax.process_count() > 1 else ""
+    FloatingPointError.__init__(
+      self, f"{error} The batch of step {error.step} held studies{share}: {', '.join(ids)}"
+    )
 
 
 @dataclasses.dataclass
@@ -71,7 +113,9 @@ class RunResult:
   stopped_early: bool  # preempted (a checkpoint was written)
 
 
-def evaluate(eval_step, state: TrainState, records, transform, config, mesh) -> dict[str, float]:
+def evaluate(
+  eval_step, state: TrainState, records, transform, config, mesh, prepare=None
+) -> dict[str, float]:
   """Token-weighted mean of the eval metrics over `config.eval_batches` batches (0 = all)."""
   ds = pipeline.eval_dataset(records, transform, global_batch_size=config.batch_size)
   it = pipeline.GlobalBatchIterator(ds, mesh)
@@ -80,6 +124,8 @@ def evaluate(eval_step, state: TrainState, records, transform, config, mesh) -> 
   for index, batch in enumerate(it):
     if config.eval_batches and index >= config.eval_batches:
       break
+    if prepare is not None:
+      batch = prepare(state, batch)
     out = jax.device_get(eval_step(state, batch, np.int32(index)))
     weight = float(out.get("num_tokens", 1.0))
     for k, v in out.items():
@@ -134,8 +180,8 @@ def train(
   )
   train_iter = pipeline.GlobalBatchIterator(
     pipeline.train_dataset(
-      task.train_records,
-      task.transform,
+      range(len(task.train_records)),  # indices: the same order; errors can name the studies
+      IndexedTransform(task.train_records, task.transform),
       global_batch_size=config.batch_size,
       seed=config.seed,
       worker_count=config.data.worker_count,
@@ -143,7 +189,13 @@ def train(
     ),
     mesh,
   )
-  graphdef, state, shardings = _init_state(config, task, tx, mesh, rules, checkpointer, train_iter)
+  try:
+    graphdef, state, shardings = _init_state(
+      config, task, tx, mesh, rules, checkpointer, train_iter
+    )
+  except BaseException:
+    checkpointer.close()  # a refused checkpoint: stop its threads, write nothing
+    raise
   train_step = step_lib.make_train_step(
     graphdef,
     task.loss_fn,
@@ -164,6 +216,10 @@ def train(
   eval_history: list[tuple[int, dict[str, float]]] = []
   start = int(jax.device_get(state.step))
   stopped = False
+  recent: dict[int, Any] = {}  # record indices of the last two steps' batches
+  prepare = None
+  if task.prepare_batch is not None:
+    prepare = lambda st, b: task.prepare_batch(st, graphdef, b)  # noqa: E731
 
   def save(force: bool = False) -> None:
     logger.flush()  # the saved state's own step must have a finite loss
@@ -173,11 +229,17 @@ def train(
     with mesh_lib.use_mesh(mesh):
       for step in range(start, config.num_steps):
         batch = next(train_iter)
+        recent[step] = batch.get(RECORD_INDEX)
+        recent.pop(step - 2, None)
+        if prepare is not None:
+          batch = prepare(state, batch)
         state, metrics = train_step(state, batch)
         logger.push(step, metrics)
         done = step + 1
         if config.eval_every and done % config.eval_every == 0 and task.eval_records:
-          result = evaluate(eval_step, state, task.eval_records, task.transform, config, mesh)
+          result = evaluate(
+            eval_step, state, task.eval_records, task.transform, config, mesh, prepare
+          )
           logger.write_eval(done, result)
           eval_history.append((step, result))
         if config.sample_every and done % config.sample_every == 0:
@@ -191,6 +253,8 @@ def train(
         if done % config.checkpoint_every == 0 or done == config.num_steps:
           save(force=done == config.num_steps)
       logger.flush()
+  except metrics_lib.NonFiniteLossError as e:  # read one step late: name that step's studies
+    raise NonFiniteBatchError(e, study_ids(recent.get(e.step), task.train_records)) from None
   finally:
     checkpointer.close()  # waits for async writes: a failed run still leaves its last good save
     logger.close()

@@ -80,7 +80,13 @@ def make_loss_fn(config: ml_collections.ConfigDict, model_config) -> Any:
 
   def finish(model, packed, batch, objective):
     packed = _without_padding(packed, batch)
-    logits_BLV = model(packed.tokens_BL, packed.positions_3BL, packed.mask_BLL, batch.get("vision"))
+    logits_BLV = model(
+      packed.tokens_BL,
+      packed.positions_3BL,
+      packed.mask_BLL,
+      batch.get("vision"),
+      logits_span=(packed.target_start, packed.target_stop),
+    )
     out = dict(objective(logits_BLV, packed))
     return out.pop("loss"), out
 
@@ -92,9 +98,9 @@ def make_loss_fn(config: ml_collections.ConfigDict, model_config) -> Any:
     )
     return finish(model, packed, batch, ar.ar_loss)
 
-  def rad_loss_fn(model, batch, key):
+  def rad_loss_at(block, model, batch, key):
     tokens, positions, valid, response, next_pos = _unpack(batch)
-    response_valid = rad.response_valid_mask(response, eos, block_len)
+    response_valid = rad.response_valid_mask(response, eos, block)
     packed = rad.pack_rad(
       tokens,
       positions,
@@ -103,17 +109,148 @@ def make_loss_fn(config: ml_collections.ConfigDict, model_config) -> Any:
       response_valid,
       next_pos,
       key,
-      block_len=block_len,
+      block_len=block,
       mask_id=mask_id,
       noise=noise,
     )
     return finish(model, packed, batch, rad.rad_loss)
 
+  mixed = tuple(int(b) for b in config.rad.mixed_block_lens)
+
+  def rad_loss_fn(model, batch, key):
+    if not mixed:
+      return rad_loss_at(block_len, model, batch, key)
+    # One block length per step, drawn from the step's key: a single teacher that
+    # decodes with every block length its students will use.
+    key, pick = jax.random.split(key)
+    graphdef, state = nnx.split(model)  # lax.switch takes pure functions of arrays
+
+    def branch(block):
+      return lambda st, b, k: rad_loss_at(block, nnx.merge(graphdef, st), b, k)
+
+    index = jax.random.randint(pick, (), 0, len(mixed))
+    return jax.lax.switch(index, [branch(block) for block in mixed], state, batch, key)
+
+  def dcd_loss_fn(model, batch, key):
+    from echo_jax.diffusion import dcd_loss
+    from echo_jax.diffusion.noise import Corruption
+
+    tokens, positions, valid, _, next_pos = _unpack(batch)
+    rollout = batch["rollout_tokens"]
+    targets = batch["rollout_targets"]
+    if "example_valid" in batch:
+      targets = targets.replace(valid_BR=targets.valid_BR & batch["example_valid"][:, None])
+    # [context | every block masked | teacher tokens]: one student forward per block.
+    response_valid = rad.response_valid_mask(rollout, eos, block_len)
+    everything = Corruption(
+      masked_CBR=jnp.ones((1, *rollout.shape), bool), t_CBR=jnp.ones((1, *rollout.shape))
+    )
+    packed = rad.pack_rad_corrupted(
+      tokens,
+      positions,
+      valid,
+      rollout,
+      response_valid,
+      next_pos,
+      everything,
+      block_len=block_len,
+      mask_id=mask_id,
+    )
+    logits_BRV = model(
+      packed.tokens_BL,
+      packed.positions_3BL,
+      packed.mask_BLL,
+      batch.get("vision"),
+      logits_span=(packed.target_start, packed.target_stop),
+    )
+    out = dcd_loss.dcd_loss(logits_BRV, targets, eos_ids=(eos, pad_id), config=dcd_config)
+    out["kept_fraction"] = jnp.mean(batch["rollout_keep"].astype(jnp.float32))
+    out["teacher_forwards"] = batch["rollout_forwards"].astype(jnp.float32)
+    loss = out.pop("loss")
+    if rad_weight:
+      # Mixing in the RAD loss on the ground-truth reports (ECHO.md §10).
+      rad_value, rad_metrics = rad_loss_at(block_len, model, batch, key)
+      loss = loss + rad_weight * rad_value
+      out["rad_loss"] = rad_value
+    return loss, out
+
+  pad_id = model_config.tokens.pad
+  dcd_config = None
+  rad_weight = 0.0
+  if config.stage == "dcd":
+    from echo_jax.diffusion.dcd_loss import DCDLossConfig
+
+    dcd_config = DCDLossConfig(
+      step_weights=bool(config.dcd.step_weights),
+      eos_weight=float(config.dcd.eos_weight),
+      divergence=str(config.dcd.divergence),
+    )
+    rad_weight = float(config.dcd.rad_weight)
+
   if config.stage == "ar":
     return ar_loss_fn
   if config.stage == "rad":
     return rad_loss_fn
-  raise ValueError(f"stage {config.stage!r} has no objective here; use 'ar' or 'rad'")
+  if config.stage == "dcd":
+    return dcd_loss_fn
+  raise ValueError(f"stage {config.stage!r} has no objective here; use 'ar', 'rad' or 'dcd'")
+
+
+def rollout_config(config: ml_collections.ConfigDict, model_config) -> Any:
+  """The teacher rollout of a DCD run (diffusion.dcd.RolloutConfig)."""
+  from echo_jax.diffusion.dcd import RolloutConfig
+  from echo_jax.sampling.stops import RepetitionGuard
+
+  ids = model_config.tokens
+  guard = None
+  if config.dcd.loop_ngram:
+    guard = RepetitionGuard(ngram=int(config.dcd.loop_ngram), max_repeats=int(config.dcd.loop_max))
+  return RolloutConfig(
+    eos_id=ids.eos,
+    mask_id=ids.mask,
+    pad_id=ids.pad,
+    block_len=int(config.rad.block_len),
+    max_new_tokens=int(config.data.response_len),
+    threshold=float(config.dcd.threshold),
+    top_k=int(config.dcd.top_k),
+    student_prefix=bool(config.dcd.student_prefix),
+    repetition=guard,
+  )
+
+
+def make_prepare_batch(config, model_config, teacher_graphdef, teacher_params) -> Any:
+  """DCD phase 1 before every step: the frozen teacher rolls out on the batch's contexts.
+
+  The rollout is one jitted call on the training mesh (no host sync); its tokens and
+  stitched targets join the batch for the student's step (phase 2).
+  """
+  from echo_jax.diffusion import dcd
+  from echo_jax.models.decode_model import DecodeContext, EchoDecodeModel
+
+  cfg = rollout_config(config, model_config)
+  teacher = EchoDecodeModel(teacher_graphdef, model_config)
+
+  def prepare(state, graphdef, batch):
+    context = DecodeContext(
+      tokens_BP=batch["context_tokens"],
+      positions_3BP=jnp.swapaxes(batch["context_positions"], 0, 1),
+      valid_BP=batch["context_valid"].astype(bool),
+      vision=batch.get("vision"),
+    )
+    student = student_params = None
+    if cfg.student_prefix:
+      student = EchoDecodeModel(graphdef, model_config)
+      student_params = nnx.merge_state(state.params, state.frozen)
+    out = dcd.teacher_rollout(cfg, teacher, teacher_params, context, student, student_params)
+    return dict(
+      batch,
+      rollout_tokens=out.tokens_BR,
+      rollout_targets=out.targets,
+      rollout_keep=out.keep_B,
+      rollout_forwards=out.teacher_forwards,
+    )
+
+  return prepare
 
 
 def load_studies(config: ml_collections.ConfigDict) -> tuple[list[Any], list[Any]]:
@@ -147,7 +284,15 @@ def load_tokenizer(
   if not path and config.data.name == "synthetic":
     path = os.path.join(config.data.path, "tokenizer")
     if not os.path.isfile(os.path.join(path, "tokenizer.json")):
-      texts = [s.report for s in train_studies]
+      # The prompt's fixed text joins the corpus so that it costs a few tokens, not ~90.
+      prompt = [
+        f"system\n{tokenizer_lib.DEFAULT_SYSTEM}",
+        "user\n",
+        tokenizer_lib.ECHO_INSTRUCTION,
+        "\n",
+        "assistant\n",
+      ]
+      texts = [s.report for s in train_studies] + prompt * max(len(train_studies) // 20, 50)
       tokenizer_lib.train_bpe_tokenizer(texts, model_config.text.vocab_size, out_dir=path)
   elif not path and config.init.path and init_format(config) == "hf":
     path = config.init.path
@@ -187,6 +332,22 @@ def build_task(
       config.init.path, nnx.merge_state(target.params, target.frozen)
     )
 
+  prepare_batch = None
+  if config.stage == "dcd":
+    # The frozen teacher shares the mesh: its state is read into the model's shardings.
+    tx = optax.identity()
+    graphdef, abstract, shardings = state_lib.state_shardings(model_fn, tx, mesh, rules)
+    target = state_lib.with_shardings(abstract, shardings)
+    teacher_state = checkpoint_lib.restore_model_state(
+      config.dcd.teacher_path, nnx.merge_state(target.params, target.frozen)
+    )
+    teacher_graphdef = nnx.graphdef(nnx.eval_shape(model_fn))
+    prepare_batch = make_prepare_batch(config, model_config, teacher_graphdef, teacher_state)
+    if model_state is None:
+      # The student starts as the teacher (Algorithm 1), in its own buffers: the train
+      # step donates the student's, and the frozen teacher must outlive them.
+      model_state = jax.tree.map(jnp.copy, teacher_state)
+
   train, val = load_studies(config)
   tokenizer = load_tokenizer(config, train, model_config)
   image_config = images.ImageConfig.from_vision_config(
@@ -200,7 +361,7 @@ def build_task(
     response_len=config.data.response_len,
     max_patches=config.data.max_patches,
   )
-  copies = 1 if config.stage == "ar" else (3 if config.rad.complementary else 2)
+  copies = {"ar": 1, "dcd": 2}.get(config.stage, 3 if config.rad.complementary else 2)
   return Task(
     model_fn=model_fn,
     loss_fn=make_loss_fn(config, model_config),
@@ -209,4 +370,5 @@ def build_task(
     transform=transform,
     model_state=model_state,
     tokens_per_example=config.data.context_len + copies * config.data.response_len,
+    prepare_batch=prepare_batch,
   )

@@ -1,0 +1,318 @@
+"""Batch report generation: studies -> fixed-shape batches -> a sampler -> report texts.
+
+    generator = ReportGenerator(model, tokenizer, example_fn, batch_size=8)
+    rows = generator.generate(studies, OneStepSampler(eos_id=..., mask_id=..., pad_id=...,
+                                                      block_len=8, max_new_tokens=256))
+    speed_summary(rows)  # {"tpf": ..., "tokens_per_second": ..., "ms_per_report": ...}
+
+`model` is an `EchoVLM`, or a `(decode_model, params)` pair of any model implementing
+`echo_jax.sampling.protocol.DecodeModel` whose context is a `DecodeContext`.
+`example_fn` is the training pipeline's `StudyExamples` (or any callable returning the
+same fields): every study becomes a left-padded context of the same static shape, so
+the sampler compiles once per (sampler, batch size, context shapes); the response
+fields of the example are not used.
+
+Batching: studies are taken in order, `batch_size` at a time; the last batch is padded
+by repeating its last study and the padded rows are dropped from the result. With a
+`mesh`, the parameters are placed by the logical-axis rules (models/sharding.py) and
+the batch is split over the mesh's batch axes ("data", "fsdp"); `batch_size` should be
+a multiple of their size (otherwise the batch is replicated).
+
+Timing: each batch is timed from the sampler call to `jax.block_until_ready` on its
+output (one host sync per batch; the sampler itself never syncs). Host work (image
+loading, tokenizing) is not timed: the next batch is prepared in a background thread
+while the device decodes. Compilation is excluded by a warm-up: the first time a
+(sampler, batch shapes) pair is seen, the first batch is decoded once untimed, then
+decoded again for the result. A row's `seconds` is its batch's wall time divided by the
+real (not padded) studies in that batch, so the rows' seconds add up to the timed wall
+time; `speed_summary` derives tokens per second and milliseconds per report from them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from echo_jax.data import tokenizer as tokenizer_lib
+from echo_jax.data.pipeline import stack_examples
+from echo_jax.models import sharding as sharding_lib
+from echo_jax.models.decode_model import DecodeContext, EchoDecodeModel
+from echo_jax.sampling import (
+  AutoregressiveSampler,
+  MultiStepSampler,
+  OneStepSampler,
+  stops,
+)
+from echo_jax.sampling.state import SampleOutput
+
+Row = dict[str, Any]
+
+__all__ = [
+  "SAMPLERS",
+  "ReportGenerator",
+  "Row",
+  "batch_context",
+  "make_sampler",
+  "row_stats",
+  "sampler_ids",
+  "speed_summary",
+]
+
+
+def batch_context(batch: Mapping[str, Any]) -> DecodeContext:
+  """A stacked StudyExamples batch -> the samplers' DecodeContext (positions to (3, B, P))."""
+  return DecodeContext(
+    tokens_BP=np.asarray(batch["context_tokens"], np.int32),
+    positions_3BP=np.swapaxes(np.asarray(batch["context_positions"], np.int32), 0, 1),
+    valid_BP=np.asarray(batch["context_valid"]).astype(bool),
+    vision=batch.get("vision"),
+  )
+
+
+def _context_shardings(
+  context: DecodeContext, mesh: Mesh, rules: sharding_lib.LogicalRules
+) -> DecodeContext:
+  """Batch dimension of every context leaf on the batch axes (dim 1 of positions_3BP)."""
+  batch = context.tokens_BP.shape[0]
+  spec = sharding_lib.logical_to_mesh(("batch",), mesh, rules, (batch,))
+  along = spec[0] if len(spec) else None
+  lead = NamedSharding(mesh, PartitionSpec(along))
+  return DecodeContext(
+    tokens_BP=lead,
+    positions_3BP=NamedSharding(mesh, PartitionSpec(None, along)),
+    valid_BP=lead,
+    vision=jax.tree.map(lambda _: lead, context.vision),
+  )
+
+
+def _signature(context: Any) -> tuple:
+  leaves, treedef = jax.tree.flatten(context)
+  return treedef, tuple((np.shape(x), np.dtype(x.dtype).name) for x in leaves)
+
+
+class ReportGenerator:
+  """Generates reports for lists of studies with any sampler; see the module docstring."""
+
+  def __init__(
+    self,
+    model: Any,
+    tokenizer: tokenizer_lib.Tokenizer,
+    example_fn: Callable[[Any], Mapping[str, Any]],
+    batch_size: int,
+    mesh: Mesh | None = None,
+    *,
+    params: Any = None,
+    rules: sharding_lib.LogicalRules = sharding_lib.DEFAULT_LOGICAL_RULES,
+    prefetch: bool = True,
+  ):
+    """`model`: an EchoVLM, or a DecodeModel with `params`, or a (decode_model, params) pair."""
+    if batch_size < 1:
+      raise ValueError(f"batch_size={batch_size} must be >= 1")
+    if isinstance(model, tuple) and len(model) == 2:
+      model, params = model
+    if isinstance(model, nnx.Module):
+      model, params = EchoDecodeModel.from_model(model)
+    if params is None:
+      raise ValueError("pass the weights: an EchoVLM, a (decode_model, params) pair or params=")
+    if mesh is not None:
+      params = jax.device_put(params, sharding_lib.param_shardings(params, mesh, rules))
+    self.decode_model = model
+    self.params = params
+    self.tokenizer = tokenizer
+    self.example_fn = example_fn
+    self.batch_size = batch_size
+    self.mesh = mesh
+    self.rules = tuple(rules)
+    self.prefetch = prefetch
+    self._warm: set[tuple] = set()
+
+  # ---------------------------------------------------------------- batches
+  def batches(self, studies: Sequence[Any]) -> Iterator[tuple[list[Any], int, DecodeContext]]:
+    """(batch studies padded to batch_size, number of real ones, context on the devices)."""
+    chunks = [
+      list(studies[i : i + self.batch_size]) for i in range(0, len(studies), self.batch_size)
+    ]
+    if not chunks:
+      return
+    prepare = self._prepare
+    if not self.prefetch or len(chunks) == 1:
+      for chunk in chunks:
+        yield prepare(chunk)
+      return
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      future = pool.submit(prepare, chunks[0])
+      for nxt in [*chunks[1:], None]:
+        ready = future.result()
+        if nxt is not None:
+          future = pool.submit(prepare, nxt)
+        yield ready
+
+  def _prepare(self, chunk: list[Any]) -> tuple[list[Any], int, DecodeContext]:
+    real = len(chunk)
+    padded = chunk + [chunk[-1]] * (self.batch_size - real)
+    context = batch_context(stack_examples([self.example_fn(s) for s in padded]))
+    return padded, real, self.place(context)
+
+  def place(self, context: DecodeContext) -> DecodeContext:
+    """Move a host context to the devices (split over the mesh's batch axes if any)."""
+    if self.mesh is None:
+      return jax.device_put(context)
+    return jax.device_put(context, _context_shardings(context, self.mesh, self.rules))
+
+  # ---------------------------------------------------------------- decoding
+  def decode(
+    self, sampler: Any, context: DecodeContext, key: jax.Array | None = None
+  ) -> tuple[SampleOutput, float]:
+    """One batch: (host copy of the sampler's output, wall seconds excluding compilation)."""
+    sig = (sampler, _signature(context))
+    if sig not in self._warm:
+      jax.block_until_ready(sampler(self.decode_model, self.params, context, key))
+      self._warm.add(sig)
+    start = time.perf_counter()
+    out = jax.block_until_ready(sampler(self.decode_model, self.params, context, key))
+    seconds = time.perf_counter() - start
+    return jax.device_get(out), seconds
+
+  def text(self, tokens: Sequence[int]) -> str:
+    """Report text of response ids: cut at the first EOS, special tokens dropped."""
+    return tokenizer_lib.decode(self.tokenizer, tokens)
+
+  def generate(
+    self,
+    studies: Sequence[Any],
+    sampler: Any,
+    progress: bool | str = False,
+    key: jax.Array | None = None,
+  ) -> list[Row]:
+    """One row per study, in order (see `Row` fields in `rows_of`).
+
+    `progress`: a tqdm bar over studies (a string is its description). `key`: the PRNG
+    key of a sampling (non-greedy) sampler; batch i uses fold_in(key, i).
+    """
+    bar = None
+    if progress:
+      from tqdm.auto import tqdm
+
+      desc = progress if isinstance(progress, str) else type(sampler).__name__
+      bar = tqdm(total=len(studies), desc=desc, unit="report")
+    rows: list[Row] = []
+    try:
+      for index, (batch, real, context) in enumerate(self.batches(studies)):
+        k = None if key is None else jax.random.fold_in(key, index)
+        out, seconds = self.decode(sampler, context, k)
+        rows += self.rows_of(batch[:real], out, seconds)
+        if bar is not None:
+          bar.update(real)
+    finally:
+      if bar is not None:
+        bar.close()
+    return rows
+
+  def rows_of(self, studies: Sequence[Any], out: SampleOutput, seconds: float) -> list[Row]:
+    """Rows of the first len(studies) examples of a decoded batch.
+
+    Row: id, prediction (text), reference (the study's report), tokens (committed response
+    tokens, also those after EOS inside its block), length (report tokens before EOS),
+    forwards (decode forwards, prefill excluded), seconds (batch time / real studies),
+    looped (stopped by the repetition guard), eos (ended by EOS, not the budget).
+    """
+    n = len(studies)
+    tokens_BR = np.asarray(out.tokens_BR)
+    lengths = np.asarray(out.lengths_B)
+    stats = out.stats
+    rows = []
+    for b, study in enumerate(studies):
+      rows.append(
+        {
+          "id": study.id,
+          "prediction": self.text(tokens_BR[b, : int(lengths[b])]),
+          "reference": study.report,
+          "tokens": int(stats.tokens_B[b]),
+          "length": int(lengths[b]),
+          "forwards": int(stats.forwards_B[b]),
+          "seconds": seconds / n,
+          "looped": bool(stats.looped_B[b]),
+          "eos": bool(stats.eos_B[b]),
+        }
+      )
+    return rows
+
+
+def row_stats(row: Row) -> dict[str, Any]:
+  """The `stats` record of one row as echo_jax.evaluate reads it."""
+  seconds = float(row["seconds"])
+  return {
+    "tpf": row["tokens"] / max(row["forwards"], 1),
+    "tokens_per_second": row["tokens"] / seconds if seconds > 0 else None,
+    "tokens": row["tokens"],
+    "forwards": row["forwards"],
+    "seconds": seconds,
+    "looped": row["looped"],
+    "eos": row["eos"],
+  }
+
+
+def speed_summary(rows: Sequence[Row]) -> dict[str, float]:
+  """tpf = all tokens / all forwards; tokens_per_second = all tokens / timed wall time;
+  ms_per_report = timed wall time / reports (compilation excluded, see the module doc)."""
+  if not rows:
+    raise ValueError("no rows: generate at least one report first")
+  tokens = sum(int(r["tokens"]) for r in rows)
+  forwards = sum(int(r["forwards"]) for r in rows)
+  seconds = sum(float(r["seconds"]) for r in rows)
+  return {
+    "reports": len(rows),
+    "tokens": tokens,
+    "forwards": forwards,
+    "seconds": seconds,
+    "tpf": tokens / max(forwards, 1),
+    "tokens_per_second": tokens / seconds if seconds > 0 else float("nan"),
+    "ms_per_report": 1000.0 * seconds / len(rows),
+    "eos_rate": sum(bool(r["eos"]) for r in rows) / len(rows),
+    "loops": sum(bool(r["looped"]) for r in rows),
+  }
+
+
+def sampler_ids(token_ids: Any) -> dict[str, int]:
+  """eos_id / mask_id / pad_id keyword arguments of the samplers from a TokenIds."""
+  return {"eos_id": token_ids.eos, "mask_id": token_ids.mask, "pad_id": token_ids.pad}
+
+
+SAMPLERS = ("one_step", "multi_step", "ar")
+
+
+def make_sampler(
+  name: str,
+  token_ids: Any,
+  *,
+  block_len: int = 8,
+  max_new_tokens: int = 256,
+  steps: int | None = None,
+  threshold: float = 0.85,
+  repetition: stops.RepetitionGuard | None = None,
+) -> Any:
+  """A greedy sampler by name: "one_step" (ECHO), "multi_step" (ECHO_Base, `steps`
+  defaults to block_len) or "ar" (next-token logits, ECHO_AR). The block samplers'
+  budget is rounded up to a multiple of block_len."""
+  ids = sampler_ids(token_ids)
+  if name == "ar":
+    return AutoregressiveSampler(
+      eos_id=ids["eos_id"],
+      pad_id=ids["pad_id"],
+      max_new_tokens=max_new_tokens,
+      repetition=repetition,
+    )
+  budget = -(-max_new_tokens // block_len) * block_len
+  common = dict(ids, block_len=block_len, max_new_tokens=budget, repetition=repetition)
+  if name == "one_step":
+    return OneStepSampler(**common)
+  if name == "multi_step":
+    return MultiStepSampler(**common, steps=steps or block_len, threshold=threshold)
+  raise ValueError(f"unknown sampler {name!r}; use one of {SAMPLERS}")

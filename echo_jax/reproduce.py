@@ -1,0 +1,285 @@
+"""The main job: the whole ECHO pipeline from one config (`configs/dcd.py`).
+
+  synthetic benchmark -> AR -> RAD teacher (from AR) -> DCD students (from the teacher)
+  -> every model decoded on the test split -> metrics, speed, results.json/.md, HTML
+
+Each training stage is an ordinary `echo_jax.train.loop.train` run in
+`<workdir>/<stage>`; a stage whose final checkpoint exists is reused, an interrupted
+one resumes. Generated reports are evaluated with `echo_jax.eval` (lexical metrics,
+rule-based CheXpert F1 against the reference reports) and the samplers' own stats
+(TPF, tokens/s, ms per report).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+from etils import epath
+
+from echo_jax import config_lib
+
+log = logging.getLogger(__name__)
+
+# Quality columns of results.md: (metric key of echo_jax.eval, column title).
+TABLE_METRICS = (
+  ("chexpert/f1_micro_14", "CheXpert F1 micro-14"),
+  ("chexpert/f1_macro_14", "macro-14"),
+  ("chexpert/f1_micro_5", "micro-5"),
+  ("echo/rouge_l", "ROUGE-L"),
+  ("r2gen/bleu_4", "BLEU-4"),
+  ("r2gen/cider_d", "CIDEr-D"),
+)
+
+
+def _resolve(config: ml_collections.ConfigDict, value: str) -> str:
+  """A stage name becomes that stage's workdir; anything else is a path."""
+  if value in config.stages:
+    return os.path.join(config.workdir, value)
+  return value
+
+
+def stage_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """The training config of stage `name` with its paths resolved under the workdir."""
+  stage = copy.deepcopy(config.stages[name])
+  stage.unlock()
+  stage.workdir = os.path.join(config.workdir, name)
+  stage.seed = config.seed
+  stage.data.path = data_path(config)
+  stage.init.path = _resolve(config, stage.init.path) if stage.init.path else ""
+  if stage.dcd.teacher_path:
+    stage.dcd.teacher_path = _resolve(config, stage.dcd.teacher_path)
+  return stage
+
+
+def data_path(config: ml_collections.ConfigDict) -> str:
+  return config.data_path or os.path.join(config.workdir, "synthetic")
+
+
+def finished_step(workdir: str) -> int | None:
+  """The newest complete checkpoint step of a stage's workdir (None: none yet)."""
+  path = epath.Path(workdir) / "checkpoints"
+  if not path.exists():
+    return None
+  steps = [int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / "model").exists()]
+  return max(steps) if steps else None
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Every stage's config problems at once, before any compute (ConfigError)."""
+  problems = []
+  for name in config.order:
+    if name not in config.stages:
+      problems.append(f"order names stage {name!r}, which config.stages does not define")
+      continue
+    stage = stage_config(config, name)
+    # Earlier stages do not exist yet: check their paths when the stage starts.
+    stage.init.path = ""
+    stage.dcd.teacher_path = stage.dcd.teacher_path and "."
+    try:
+      config_lib.validate(stage, num_devices)
+    except config_lib.ConfigError as e:
+      problems += [f"stages.{name}: {p}" for p in e.problems]
+  for row in config.eval.rows:
+    if len(row) != 4 or row[1] not in config.stages or row[2] not in SAMPLERS:
+      problems.append(
+        f"eval.rows entry {row!r} must be (name, stage, sampler in {SAMPLERS}, block_len)"
+      )
+  if problems:
+    raise config_lib.ConfigError(problems)
+
+
+def train_stages(config: ml_collections.ConfigDict) -> None:
+  from echo_jax.train import loop
+
+  for index, name in enumerate(config.order, 1):
+    stage = stage_config(config, name)
+    done = finished_step(stage.workdir)
+    header = f"[{index}/{len(config.order)}] stage {name} ({stage.stage}, {stage.num_steps} steps)"
+    if done is not None and done >= stage.num_steps:
+      log.info("%s: finished earlier in %s, reusing it", header, stage.workdir)
+      continue
+    log.info("%s -> %s", header, stage.workdir)
+    start = time.time()
+    result = loop.train(stage)
+    if result.stopped_early:
+      raise SystemExit(f"stage {name} was interrupted; rerun the same command to resume")
+    log.info("stage %s done in %.1f min", name, (time.time() - start) / 60)
+
+
+# ------------------------------------------------------------------ evaluation
+SAMPLERS = ("ar", "multi_step", "one_step")
+# Evaluation stops (and counts) a report that repeats an 8-gram a fifth time: the loop
+# failure of a one-step model without distillation (ECHO.md §7).
+LOOP_GUARD = dict(ngram=8, max_repeats=4)
+
+
+def load_trained_model(workdir: str, model_config) -> Any:
+  """The EchoVLM of a training workdir's newest checkpoint, on the default device."""
+  from flax import nnx
+
+  from echo_jax.models.vlm import EchoVLM
+  from echo_jax.train.checkpoint import restore_model_state
+
+  abstract_model = nnx.eval_shape(lambda: EchoVLM(model_config, rngs=nnx.Rngs(0)))
+  graphdef, abstract = nnx.split(abstract_model)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract
+  )
+  return nnx.merge(graphdef, restore_model_state(workdir, abstract))
+
+
+def generate_rows(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+  """Decode the test split with every evaluated (stage, sampler); one record per report."""
+  from echo_jax import inference
+  from echo_jax.data import images, readers
+  from echo_jax.data.pipeline import StudyExamples
+  from echo_jax.sampling import RepetitionGuard
+  from echo_jax.train.tasks import load_tokenizer
+
+  studies = readers.read_dataset("r2gen", data_path(config), splits=[config.eval.split])
+  if config.eval.num_studies:
+    studies = studies[: config.eval.num_studies]
+  out_dir = os.path.join(config.workdir, "eval", "predictions")
+  os.makedirs(out_dir, exist_ok=True)
+  records: list[dict[str, Any]] = []
+  models: dict[str, Any] = {}
+  for index, (row, stage_name, kind, block_len) in enumerate(config.eval.rows, 1):
+    stage = stage_config(config, stage_name)
+    model_config = config_lib.model_config(stage)
+    if stage_name not in models:
+      models[stage_name] = load_trained_model(stage.workdir, model_config)
+    tokenizer = load_tokenizer(stage, (), model_config)
+    example_fn = StudyExamples(
+      tokenizer=tokenizer,
+      model_config=model_config,
+      image_config=images.ImageConfig.from_vision_config(
+        model_config.vision, min_pixels=stage.data.min_pixels, max_pixels=stage.data.max_pixels
+      ),
+      context_len=stage.data.context_len,
+      response_len=stage.data.response_len,
+      max_patches=stage.data.max_patches,
+    )
+    sampler = inference.make_sampler(
+      kind,
+      model_config.tokens,
+      block_len=block_len,
+      max_new_tokens=stage.data.response_len,
+      threshold=config.eval.threshold,
+      repetition=RepetitionGuard(**LOOP_GUARD),
+    )
+    generator = inference.ReportGenerator(
+      models[stage_name], tokenizer, example_fn, batch_size=config.eval.batch_size
+    )
+    log.info("[eval %d/%d] %s on %d studies", index, len(config.eval.rows), row, len(studies))
+    generated = generator.generate(studies, sampler, progress=False)
+    path = os.path.join(out_dir, f"{_slug(row)}.jsonl")
+    with open(path, "w") as f:
+      for g, study in zip(generated, studies, strict=True):
+        record = {
+          "id": g["id"],
+          "model": row,
+          "prediction": g["prediction"],
+          "reference": g["reference"],
+          "images": list(study.image_paths),
+          "stats": inference.row_stats(g),
+        }
+        f.write(json.dumps(record) + "\n")
+        records.append(record)
+  return records
+
+
+def _slug(name: str) -> str:
+  return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+
+
+def summarize(config, result: dict[str, Any], records: list[dict[str, Any]]) -> list[dict]:
+  """One results.json row per evaluated model."""
+  rows = []
+  for row, stage_name, kind, block_len in config.eval.rows:
+    model = result["models"][row]
+    speed = model["speed"]
+    recs = [r for r in records if r["model"] == row]
+    seconds = sum(r["stats"]["seconds"] for r in recs)
+    rows.append(
+      {
+        "name": row,
+        "stage": stage_name,
+        "sampler": kind,
+        "block_len": block_len,
+        "num_reports": len(recs),
+        "tpf": speed["tpf"],
+        "tokens_per_second": speed["tokens_per_second"],
+        "ms_per_report": 1000.0 * seconds / max(len(recs), 1),
+        "loops": sum(bool(r["stats"]["looped"]) for r in recs),
+        "no_eos": sum(not r["stats"]["eos"] for r in recs),
+        "metrics": model["metrics"],
+        "ci": model.get("ci", {}),
+      }
+    )
+  return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+  def fmt(v, digits=3):
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+  head = ["model", "TPF", "tokens/s", "ms/report"] + [t for _, t in TABLE_METRICS] + ["loops"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in rows:
+    cells = [r["name"], fmt(r["tpf"], 2), fmt(r["tokens_per_second"], 0)]
+    cells += [fmt(r["ms_per_report"], 1)]
+    cells += [fmt(r["metrics"].get(k)) for k, _ in TABLE_METRICS]
+    cells += [f"{r['loops']}/{r['num_reports']}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def evaluate_models(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+  from echo_jax.eval.pipeline import EvalOptions, evaluate_predictions
+  from echo_jax.evaluate import write_outputs
+
+  records = generate_rows(config)
+  options = EvalOptions(meteor=False, n_boot=int(config.eval.n_boot), seed=int(config.seed))
+  log.info("scoring %d reports (lexical metrics, rule-based CheXpert F1)", len(records))
+  result = evaluate_predictions(records, options=options)
+  paths = write_outputs(result, records, os.path.join(config.workdir, "eval"))
+  rows = summarize(config, result, records)
+  with open(os.path.join(config.workdir, "results.json"), "w") as f:
+    json.dump({"preset": config.preset, "seed": config.seed, "models": rows}, f, indent=2)
+  table = markdown_table(rows)
+  with open(os.path.join(config.workdir, "results.md"), "w") as f:
+    f.write(
+      f"# ECHO on the synthetic benchmark ({config.preset}, seed {config.seed})\n\n"
+      f"{len(rows)} models, {rows[0]['num_reports']} test studies each. "
+      "Quality: rule-based CheXpert F1 and lexical metrics against the reference reports; "
+      "speed: the samplers' stats on this machine (batch "
+      f"{config.eval.batch_size}, first batch's compile excluded).\n\n{table}"
+    )
+  log.info("results:\n%s", table)
+  log.info("wrote %s, %s and %s", "results.json", "results.md", paths["html"])
+  return rows
+
+
+def run(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+  """Train every stage not yet finished, then evaluate every model (see the docstring)."""
+  validate(config, jax.device_count())
+  start = time.time()
+  from echo_jax.data import synthetic
+
+  path = data_path(config)
+  num = config.stages[config.order[0]].data.num_studies
+  if jax.process_index() == 0:
+    log.info("synthetic benchmark: %d studies in %s", num, path)
+    synthetic.write_benchmark(path, num, config.seed, progress=True)
+  train_stages(config)
+  rows = evaluate_models(config)
+  log.info("main job done in %.1f min; results in %s", (time.time() - start) / 60, config.workdir)
+  return rows
