@@ -126,6 +126,7 @@ def pipeline_config(ablations: bool) -> ml_collections.ConfigDict:
   # Evaluation on the test split: (row name, stage, sampler, block length).
   # Samplers: ar (greedy, TPF 1), multi_step (steps = B, tau), one_step (TPF = B).
   c.eval = ml_collections.ConfigDict()
+  c.eval.run = True  # False: train the stages only
   c.eval.split = "test"
   c.eval.num_studies = 0  # 0 = the whole split
   c.eval.batch_size = 50

@@ -280,6 +280,9 @@ def run(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     log.info("synthetic benchmark: %d studies in %s", num, path)
     synthetic.write_benchmark(path, num, config.seed, progress=True)
   train_stages(config)
+  if not config.eval.run:
+    log.info("stages done in %.1f min; evaluation skipped", (time.time() - start) / 60)
+    return []
   rows = evaluate_models(config)
   log.info("main job done in %.1f min; results in %s", (time.time() - start) / 60, config.workdir)
   return rows

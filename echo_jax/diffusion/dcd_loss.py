@@ -25,6 +25,10 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from echo_jax.diffusion import rad
+from echo_jax.diffusion.noise import Corruption
+from echo_jax.diffusion.packed import PackedBatch
+
 _TINY = 1e-12
 
 
@@ -124,3 +128,38 @@ def dcd_loss(
     "token_agreement": jnp.sum(jnp.where(valid, agree, False)) / num_valid,
     "num_tokens": valid.sum(),
   }
+
+
+def pack_student(
+  context_tokens_BP: jax.Array,
+  context_positions_3BP: jax.Array,
+  context_valid_BP: jax.Array,
+  rollout_tokens_BR: jax.Array,
+  next_position_B: jax.Array,
+  *,
+  block_len: int,
+  mask_id: int,
+  eos_id: int,
+) -> PackedBatch:
+  """The student's input `[context | every block fully masked | teacher tokens]`.
+
+  The RAD layout with a noisy copy that masks every response token: masked block n
+  attends the context and the teacher's clean blocks < n, exactly what the teacher saw
+  at the first step of block n, so one forward scores every block in one step.
+  The logits to align are those of the slice [target_start, target_stop).
+  """
+  everything = Corruption(
+    masked_CBR=jnp.ones((1, *rollout_tokens_BR.shape), bool),
+    t_CBR=jnp.ones((1, *rollout_tokens_BR.shape), jnp.float32),
+  )
+  return rad.pack_rad_corrupted(
+    context_tokens_BP,
+    context_positions_3BP,
+    context_valid_BP,
+    rollout_tokens_BR,
+    rad.response_valid_mask(rollout_tokens_BR, eos_id, block_len),
+    next_position_B,
+    everything,
+    block_len=block_len,
+    mask_id=mask_id,
+  )

@@ -133,28 +133,20 @@ def make_loss_fn(config: ml_collections.ConfigDict, model_config) -> Any:
 
   def dcd_loss_fn(model, batch, key):
     from echo_jax.diffusion import dcd_loss
-    from echo_jax.diffusion.noise import Corruption
 
     tokens, positions, valid, _, next_pos = _unpack(batch)
-    rollout = batch["rollout_tokens"]
     targets = batch["rollout_targets"]
     if "example_valid" in batch:
       targets = targets.replace(valid_BR=targets.valid_BR & batch["example_valid"][:, None])
-    # [context | every block masked | teacher tokens]: one student forward per block.
-    response_valid = rad.response_valid_mask(rollout, eos, block_len)
-    everything = Corruption(
-      masked_CBR=jnp.ones((1, *rollout.shape), bool), t_CBR=jnp.ones((1, *rollout.shape))
-    )
-    packed = rad.pack_rad_corrupted(
+    packed = dcd_loss.pack_student(
       tokens,
       positions,
       valid,
-      rollout,
-      response_valid,
+      batch["rollout_tokens"],
       next_pos,
-      everything,
       block_len=block_len,
       mask_id=mask_id,
+      eos_id=eos,
     )
     logits_BRV = model(
       packed.tokens_BL,
