@@ -6,7 +6,7 @@ Presets:
 
 Run (from the repository root):
   python -m echo_jax.main --config=configs/ar.py:tiny
-  python -m echo_jax.main --config=configs/ar.py:tiny --config.num_steps=50 --config.workdir=workdir/ar50
+  python -m echo_jax.main --config=configs/ar.py:tiny --config.total_steps=50 --config.workdir=workdir/ar50
   python -m echo_jax.main --config=configs/ar.py:7b --config.data.path=/data/mimic_r2gen \
       --config.data.images_root=/data/mimic/images --config.init.path=/models/Lingshu-7B \
       --config.workdir=gs://bucket/echo/ar_7b
@@ -44,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.preset = args.preset
   if args.preset == "tiny":
     c.workdir = "workdir/tiny/ar"
-    c.num_steps = 600
+    c.total_steps = 600
     c.batch_size = 32
     c.optimizer.learning_rate = 1.5e-3
   else:
@@ -70,7 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.worker_count = 8
     c.batch_size = 64
     c.grad_accum_steps = 1
-    c.num_steps = 10_000
+    c.total_steps = 10_000
     c.optimizer.learning_rate = 1e-5
     c.optimizer.warmup_steps = 200
     c.optimizer.b2 = 0.999

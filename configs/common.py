@@ -61,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Batching and schedule.
   c.batch_size = 16  # global batch (all devices, all accumulation steps together)
   c.grad_accum_steps = 1  # microbatches per optimizer step (batch_size / this per forward)
-  c.num_steps = 200  # optimizer steps of the run
+  c.total_steps = 200  # optimizer steps of the run
 
   # AdamW with linear warmup then cosine decay, after global-norm gradient clipping.
   c.optimizer = ml_collections.ConfigDict()

@@ -71,7 +71,7 @@ def _dcd_stage(common, block_len: int, **changes) -> ml_collections.ConfigDict:
     **{
       "rad.block_len": block_len,
       "dcd.teacher_path": "rad",  # a stage name: resolved to <workdir>/rad
-      "num_steps": 150,
+      "total_steps": 150,
       "optimizer.learning_rate": 5e-4,
       "optimizer.warmup_steps": 10,
       "freeze": ("vision",),
@@ -97,13 +97,13 @@ def pipeline_config(ablations: bool) -> ml_collections.ConfigDict:
   c.stages.ar = _tiny_stage(
     common,
     "ar",
-    num_steps=400,
+    total_steps=400,
     **{"optimizer.learning_rate": 1.5e-3, "optimizer.warmup_steps": 20},
   )
   c.stages.rad = _tiny_stage(
     common,
     "rad",
-    num_steps=500,
+    total_steps=500,
     freeze=("vision",),
     **{
       "init.path": "ar",
@@ -160,7 +160,7 @@ def seven_b_config() -> ml_collections.ConfigDict:
   c.init.path = ""  # "" = start from the teacher (Algorithm 1)
   c.dcd.teacher_path = "workdir/7b/rad"  # the RAD stage's workdir: set --config.dcd.teacher_path
   c.dcd.top_k = 64  # a 152k-vocabulary distribution per token would not fit: keep the top 64
-  c.num_steps = 2000
+  c.total_steps = 2000
   c.optimizer.learning_rate = 5e-6
   return c
 

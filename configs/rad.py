@@ -5,13 +5,14 @@ ECHO.md §5. Training starts from the stage-1 weights (`init.path`: an echo_jax 
 workdir, or a Hugging Face directory) with the vision tower and merger frozen.
 
 Presets:
-  tiny  the synthetic benchmark on a laptop CPU; starts from the tiny AR run's workdir.
+  tiny  the synthetic benchmark on a laptop CPU; random init unless --config.init.path.
   7b    Lingshu-7B shapes, bfloat16, FSDP over all devices, remat, block length 8.
 
 Run (from the repository root):
-  python -m echo_jax.main --config=configs/ar.py:tiny     # stage 1 first
-  python -m echo_jax.main --config=configs/rad.py:tiny
-  python -m echo_jax.main --config=configs/rad.py:tiny,block_len=4 --config.num_steps=100
+  python -m echo_jax.main --config=configs/rad.py:tiny --workdir=W --config.total_steps=20
+  python -m echo_jax.main --config=configs/ar.py:tiny     # stage 1, then RAD from it:
+  python -m echo_jax.main --config=configs/rad.py:tiny --config.init.path=workdir/tiny/ar
+  python -m echo_jax.main --config=configs/rad.py:tiny,block_len=4 --config.total_steps=100
   python -m echo_jax.main --config=configs/rad.py:7b --config.init.path=gs://bucket/echo/ar_7b \
       --config.data.path=/data/mimic_r2gen --config.data.images_root=/data/mimic/images
 """
@@ -51,8 +52,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.init.format = "auto"
   if args.preset == "tiny":
     c.workdir = "workdir/tiny/rad"
-    c.init.path = "workdir/tiny/ar"  # the workdir of `configs/ar.py:tiny`
-    c.num_steps = 600
+    # Random init, so the stage runs on its own; the paper's order starts from AR:
+    # --config.init.path=workdir/tiny/ar (the main job, configs/dcd.py, does that).
+    c.init.path = ""
+    c.total_steps = 600
     c.batch_size = 32
     c.optimizer.learning_rate = 1.5e-3
   else:
@@ -76,7 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     c.data.worker_count = 8
     c.batch_size = 64
-    c.num_steps = 10_000
+    c.total_steps = 10_000
     c.optimizer.learning_rate = 1e-5
     c.optimizer.warmup_steps = 200
     c.optimizer.b2 = 0.999

@@ -232,12 +232,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     p.append(f"data.max_patches={c.data.max_patches} must be a multiple of 4 (2x2 patch merging)")
 
   o = c.optimizer
-  if c.num_steps < 1:
-    p.append(f"num_steps={c.num_steps} must be >= 1")
+  if c.total_steps < 1:
+    p.append(f"total_steps={c.total_steps} must be >= 1")
   if not o.learning_rate > 0:
     p.append(f"optimizer.learning_rate={o.learning_rate} must be > 0")
-  if not 0 <= o.warmup_steps <= c.num_steps:
-    p.append(f"optimizer.warmup_steps={o.warmup_steps} must be in [0, num_steps={c.num_steps}]")
+  if not 0 <= o.warmup_steps <= c.total_steps:
+    p.append(f"optimizer.warmup_steps={o.warmup_steps} must be in [0, total_steps={c.total_steps}]")
   if not 0.0 <= o.end_lr_ratio <= 1.0:
     p.append(f"optimizer.end_lr_ratio={o.end_lr_ratio} must be in [0, 1]")
   for key in ("b1", "b2"):

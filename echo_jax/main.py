@@ -2,8 +2,7 @@ r"""Train ECHO: `python -m echo_jax.main --config=configs/<stage>.py:<preset> [-
 
 Examples:
   python -m echo_jax.main --config=configs/dcd.py        # the main job (echo_jax/reproduce.py)
-  python -m echo_jax.main --config=configs/ar.py:tiny
-  python -m echo_jax.main --config=configs/rad.py:tiny --config.num_steps=100
+  python -m echo_jax.main --config=configs/rad.py:tiny --workdir=W --config.total_steps=20
   # multi-host (TPU pods set the coordinator themselves; GPU clusters pass it):
   python -m echo_jax.main --config=configs/rad.py:7b --distributed \
       --coordinator_address=host0:1234 --num_processes=4 --process_id=$RANK
@@ -30,6 +29,9 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Total number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Run directory (checkpoints, logs, results); overrides config.workdir."
+)
 _VALIDATE_ONLY = flags.DEFINE_bool(
   "validate_only", False, "Check the config against the devices and exit."
 )
@@ -42,7 +44,7 @@ def _wants_distributed() -> bool:
 
 
 class _QuietLibraries(logging.Filter):
-  """Keep Orbax's and Grain's per-save INFO chatter out of the training log."""
+  """Keep Orbax's and Grain's per-save INFO chatter out of the log."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING or not any(
@@ -65,32 +67,24 @@ def main(argv: list[str]) -> None:
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/dcd.py")
+  if _WORKDIR.value:
+    with config.unlocked():
+      config.workdir = _WORKDIR.value
   pipeline = config.stage == "pipeline"  # configs/dcd.py:tiny, the whole ECHO recipe
-  if pipeline:
-    from echo_jax import reproduce
-
-  try:  # every config error at once, before any compute
-    if pipeline:
-      reproduce.validate(config, jax.device_count())
-    else:
-      config_lib.validate(config, jax.device_count())
-  except config_lib.ConfigError as e:
-    raise SystemExit(str(e)) from None
-  logging.info(
-    "process %d/%d, %d devices, config:\n%s",
-    jax.process_index(),
-    jax.process_count(),
-    jax.device_count(),
-    config,
-  )
-  if _VALIDATE_ONLY.value:
-    return
-  if pipeline:
-    reproduce.run(config)
-    return
+  from echo_jax import reproduce
   from echo_jax.train import loop
 
-  loop.train(config)
+  check, run = (
+    (reproduce.validate, reproduce.run) if pipeline else (config_lib.validate, loop.train)
+  )
+  try:
+    check(config, jax.device_count())  # every config error at once, before any compute
+  except config_lib.ConfigError as e:
+    raise SystemExit(str(e)) from None
+  logging.info("process %d/%d, %d devices, config:\n%s", jax.process_index(),
+               jax.process_count(), jax.device_count(), config)  # fmt: skip
+  if not _VALIDATE_ONLY.value:
+    run(config)
 
 
 if __name__ == "__main__":

@@ -101,8 +101,10 @@ def train_stages(config: ml_collections.ConfigDict) -> None:
   for index, name in enumerate(config.order, 1):
     stage = stage_config(config, name)
     done = finished_step(stage.workdir)
-    header = f"[{index}/{len(config.order)}] stage {name} ({stage.stage}, {stage.num_steps} steps)"
-    if done is not None and done >= stage.num_steps:
+    header = (
+      f"[{index}/{len(config.order)}] stage {name} ({stage.stage}, {stage.total_steps} steps)"
+    )
+    if done is not None and done >= stage.total_steps:
       log.info("%s: finished earlier in %s, reusing it", header, stage.workdir)
       continue
     log.info("%s -> %s", header, stage.workdir)

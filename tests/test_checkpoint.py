@@ -45,7 +45,7 @@ def loss_fn(model, batch, key):
 def make_config(workdir, **overrides):
   config = config_lib.load(f"{REPO}/configs/ar.py:tiny")
   config.workdir = str(workdir)
-  config.num_steps = 8
+  config.total_steps = 8
   config.batch_size = 8
   config.log_every = 1
   config.tensorboard = False
@@ -103,7 +103,7 @@ def test_preempted_run_resumes_exactly(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   records = list(range(40)) + [POISON]
-  config = make_config(tmp_path, checkpoint_every=1, num_steps=20)
+  config = make_config(tmp_path, checkpoint_every=1, total_steps=20)
   # Find the step whose batch holds the poison record (the pipeline is deterministic).
   it = pipeline.GlobalBatchIterator(
     pipeline.train_dataset(records, encode, global_batch_size=8, seed=config.seed)
@@ -117,7 +117,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_next_stage_restores_model_with_other_frozen_set(tmp_path):
-  ar = loop.train(make_config(tmp_path / "ar", num_steps=2), make_task(), devices=DEVICES)
+  ar = loop.train(make_config(tmp_path / "ar", total_steps=2), make_task(), devices=DEVICES)
   config = make_config(tmp_path / "rad")
   mesh = mesh_lib.make_mesh(config.mesh, DEVICES)
   tx = optimizer_lib.make_optimizer(config)

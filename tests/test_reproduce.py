@@ -28,7 +28,7 @@ def _overrides(workdir):
   ]
   for s in STAGES:
     out += [
-      f"--config.stages.{s}.num_steps=2",
+      f"--config.stages.{s}.total_steps=2",
       f"--config.stages.{s}.optimizer.warmup_steps=1",
       f"--config.stages.{s}.batch_size=4",
       f"--config.stages.{s}.data.num_studies=40",
@@ -60,7 +60,7 @@ def test_main_job_end_to_end(tmp_path):
   rows = {r["name"]: r for r in results["models"]}
   config = config_lib.load(str(REPO / "configs/dcd.py"), ())
   assert list(rows) == [row[0] for row in config.eval.rows]
-  for (name, stage, sampler, block), row in zip(config.eval.rows, results["models"]):
+  for (_, stage, sampler, block), row in zip(config.eval.rows, results["models"]):
     assert (row["stage"], row["sampler"], row["block_len"]) == (stage, sampler, block)
     assert row["num_reports"] == 4
     assert row["tokens_per_second"] > 0 and row["ms_per_report"] > 0
@@ -83,3 +83,32 @@ def test_main_job_end_to_end(tmp_path):
   for stage in STAGES:
     assert f"stage {stage}" in log and "reusing it" in log
   assert "loss=" not in log
+
+
+@pytest.mark.e2e
+def test_single_stage_runs_from_a_fresh_checkout_and_resumes(tmp_path):
+  work = tmp_path / "rad"
+  small = [
+    f"--config.data.path={tmp_path / 'data'}",
+    "--config.data.num_studies=20",
+    "--config.batch_size=2",
+    "--config.log_every=1",
+    "--config.optimizer.warmup_steps=1",
+  ]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+  def run(steps):
+    cmd = [sys.executable, "-m", "echo_jax.main", "--config=configs/rad.py:tiny"]
+    cmd += [f"--workdir={work}", f"--config.total_steps={steps}", *small]
+    proc = subprocess.run(
+      ["timeout", "-k", "10", "600", *cmd], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stderr
+
+  run(2)
+  assert reproduce.finished_step(str(work)) == 2
+  assert list((work / "tensorboard").glob("events.out.tfevents.*"))
+  log = run(3)
+  assert "resumed from" in log and "] [3]" in log
+  assert reproduce.finished_step(str(work)) == 3

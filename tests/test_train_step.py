@@ -70,7 +70,7 @@ def tiny_batch(seed: int, batch: int = 8):
 
 def tiny_config(**optimizer) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.num_steps = 30
+  c.total_steps = 30
   c.optimizer = ml_collections.ConfigDict(
     dict(
       learning_rate=1e-2,

@@ -208,7 +208,7 @@ def train(
   eval_step = step_lib.make_eval_step(graphdef, task.loss_fn, seed=config.seed)
   logger = metrics_lib.MetricLogger(
     metrics_lib.make_writer(str(workdir), tensorboard=config.tensorboard),
-    num_steps=config.num_steps,
+    total_steps=config.total_steps,
     log_every=config.log_every,
     tokens_per_step=task.tokens_per_example * config.batch_size,
   )
@@ -227,7 +227,7 @@ def train(
 
   try:
     with mesh_lib.use_mesh(mesh):
-      for step in range(start, config.num_steps):
+      for step in range(start, config.total_steps):
         batch = next(train_iter)
         recent[step] = batch.get(RECORD_INDEX)
         recent.pop(step - 2, None)
@@ -245,13 +245,13 @@ def train(
         if config.sample_every and done % config.sample_every == 0:
           for hook in task.sample_hooks:
             logger.write_texts(done, hook(done, state, graphdef))
-        if guard.should_stop(step, checkpointer) and done < config.num_steps:
+        if guard.should_stop(step, checkpointer) and done < config.total_steps:
           log.warning("stopping at step %d: saving a checkpoint", done)
           save(force=True)
           stopped = True
           break
-        if done % config.checkpoint_every == 0 or done == config.num_steps:
-          save(force=done == config.num_steps)
+        if done % config.checkpoint_every == 0 or done == config.total_steps:
+          save(force=done == config.total_steps)
       logger.flush()
   except metrics_lib.NonFiniteLossError as e:  # read one step late: name that step's studies
     raise NonFiniteBatchError(e, study_ids(recent.get(e.step), task.train_records)) from None

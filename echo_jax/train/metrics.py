@@ -81,12 +81,12 @@ class MetricLogger:
     self,
     writer: Any,
     *,
-    num_steps: int,
+    total_steps: int,
     log_every: int,
     tokens_per_step: int = 0,
   ):
     self.writer = writer
-    self.num_steps = num_steps
+    self.total_steps = total_steps
     self.log_every = log_every
     self.tokens_per_step = tokens_per_step
     self._pending: tuple[int, Any] | None = None
@@ -115,7 +115,7 @@ class MetricLogger:
     self.last_finite_step = step
     self.history.append((step, values))
     self._window.append(values)
-    if (step + 1) % self.log_every == 0 or step + 1 == self.num_steps:
+    if (step + 1) % self.log_every == 0 or step + 1 == self.total_steps:
       self._write(step)
 
   def _write(self, step: int) -> None:
@@ -127,7 +127,7 @@ class MetricLogger:
       scalars["seconds_per_step"] = seconds
       if self.tokens_per_step:
         scalars["tokens_per_second"] = self.tokens_per_step / seconds
-      scalars["eta_hours"] = (self.num_steps - step - 1) * seconds / 3600.0
+      scalars["eta_hours"] = (self.total_steps - step - 1) * seconds / 3600.0
     self._last_time, self._last_step = now, step
     self._window = []
     # Steps are reported 1-based: "step 10" is the state after 10 optimizer updates.

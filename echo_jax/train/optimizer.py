@@ -13,11 +13,11 @@ import optax
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """0 -> peak over `warmup_steps`, then cosine to `end_lr_ratio * peak` at `num_steps`."""
+  """0 -> peak over `warmup_steps`, then cosine to `end_lr_ratio * peak` at `total_steps`."""
   o = config.optimizer
   peak = float(o.learning_rate)
   warmup = int(o.warmup_steps)
-  decay_steps = max(int(config.num_steps), warmup + 1)
+  decay_steps = max(int(config.total_steps), warmup + 1)
   return optax.warmup_cosine_decay_schedule(
     init_value=0.0,
     peak_value=peak,
