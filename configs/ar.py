@@ -45,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if args.preset == "tiny":
     c.workdir = "workdir/tiny/ar"
     c.total_steps = 600
+    c.sample_every = 200  # a few generated validation reports in the log
     c.batch_size = 32
     c.optimizer.learning_rate = 1.5e-3
   else:

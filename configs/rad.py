@@ -56,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # --config.init.path=workdir/tiny/ar (the main job, configs/dcd.py, does that).
     c.init.path = ""
     c.total_steps = 600
+    c.sample_every = 200  # a few generated validation reports in the log
     c.batch_size = 32
     c.optimizer.learning_rate = 1.5e-3
   else:

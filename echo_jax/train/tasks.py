@@ -297,6 +297,35 @@ def load_tokenizer(
   return tokenizer
 
 
+def make_sample_hook(config, model_config, tokenizer, transform, studies) -> Any:
+  """A hook that decodes `config.num_samples` validation studies with the stage's sampler.
+
+  AR decodes token by token, RAD with its multi-step rule, DCD in one step per block;
+  the texts (generated beside the reference) go to the metric writer.
+  """
+  from echo_jax import inference
+
+  kind = {"ar": "ar", "rad": "multi_step", "dcd": "one_step"}[config.stage]
+  sampler = inference.make_sampler(
+    kind,
+    model_config.tokens,
+    block_len=int(config.rad.block_len),
+    max_new_tokens=int(config.data.response_len),
+  )
+  chosen = list(studies[: config.num_samples])
+
+  def hook(step, state, graphdef):
+    model = nnx.merge(graphdef, state.params, state.frozen)
+    generator = inference.ReportGenerator(model, tokenizer, transform, batch_size=len(chosen))
+    rows = generator.generate(chosen, sampler)
+    return {
+      f"sample_{i}": f"{r['id']} ({kind}): {r['prediction']}\nreference: {r['reference']}"
+      for i, r in enumerate(rows)
+    }
+
+  return hook
+
+
 def build_task(
   config: ml_collections.ConfigDict, mesh: Mesh, rules: Sequence[tuple[str, Any]]
 ) -> Task:
@@ -363,4 +392,7 @@ def build_task(
     model_state=model_state,
     tokens_per_example=config.data.context_len + copies * config.data.response_len,
     prepare_batch=prepare_batch,
+    sample_hooks=[make_sample_hook(config, model_config, tokenizer, transform, val)]
+    if config.sample_every and val
+    else [],
   )
