@@ -94,6 +94,8 @@ def test_single_stage_runs_from_a_fresh_checkout_and_resumes(tmp_path):
     "--config.batch_size=2",
     "--config.log_every=1",
     "--config.optimizer.warmup_steps=1",
+    "--config.sample_every=2",
+    "--config.num_samples=2",
   ]
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
 
@@ -106,8 +108,9 @@ def test_single_stage_runs_from_a_fresh_checkout_and_resumes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stderr
 
-  run(2)
+  log = run(2)
   assert reproduce.finished_step(str(work)) == 2
+  assert "sample_1" in log and "(multi_step):" in log  # generated validation reports
   assert list((work / "tensorboard").glob("events.out.tfevents.*"))
   log = run(3)
   assert "resumed from" in log and "] [3]" in log
