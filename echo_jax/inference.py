@@ -171,7 +171,7 @@ class ReportGenerator:
     self, sampler: Any, context: DecodeContext, key: jax.Array | None = None
   ) -> tuple[SampleOutput, float]:
     """One batch: (host copy of the sampler's output, wall seconds excluding compilation)."""
-    sig = (sampler, _signature(context))
+    sig = (sampler, _signature(context), key is None)
     if sig not in self._warm:
       jax.block_until_ready(sampler(self.decode_model, self.params, context, key))
       self._warm.add(sig)
