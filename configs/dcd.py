@@ -72,7 +72,7 @@ def _dcd_stage(common, block_len: int, **changes) -> ml_collections.ConfigDict:
       "rad.block_len": block_len,
       "dcd.teacher_path": "rad",  # a stage name: resolved to <workdir>/rad
       "total_steps": 150,
-      "optimizer.learning_rate": 5e-4,
+      "optimizer.learning_rate": 1e-3,  # higher beat lower in ECHO.md §10
       "optimizer.warmup_steps": 10,
       "freeze": ("vision",),
       **changes,

@@ -175,6 +175,9 @@ def train(
   schedule = optimizer_lib.make_schedule(config)
   workdir = epath.Path(config.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    # The run's config beside its checkpoints: what generate/evaluate read to rebuild it.
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   checkpointer = checkpoint_lib.Checkpointer(
     workdir, keep=config.keep_checkpoints, async_save=config.async_checkpoint
   )
