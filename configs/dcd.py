@@ -72,7 +72,7 @@ def _dcd_stage(common, block_len: int, **changes) -> ml_collections.ConfigDict:
       "rad.block_len": block_len,
       "dcd.teacher_path": "rad",  # a stage name: resolved to <workdir>/rad
       "total_steps": 150,
-      "optimizer.learning_rate": 1e-3,  # higher beat lower in ECHO.md §10
+      "optimizer.learning_rate": 5e-4,
       "optimizer.warmup_steps": 10,
       "freeze": ("vision",),
       **changes,
@@ -97,13 +97,13 @@ def pipeline_config(ablations: bool) -> ml_collections.ConfigDict:
   c.stages.ar = _tiny_stage(
     common,
     "ar",
-    total_steps=400,
+    total_steps=300,
     **{"optimizer.learning_rate": 1.5e-3, "optimizer.warmup_steps": 20},
   )
   c.stages.rad = _tiny_stage(
     common,
     "rad",
-    total_steps=500,
+    total_steps=400,
     freeze=("vision",),
     **{
       "init.path": "ar",
