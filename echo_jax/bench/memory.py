@@ -125,9 +125,16 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--response", type=int, default=256, help="response tokens")
   parser.add_argument("--stage", default="rad", choices=("ar", "rad", "dcd", "bd3"))
   parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+  parser.add_argument(
+    "--param_dtype",
+    default=None,
+    choices=("float32", "bfloat16"),
+    help="storage dtype of weights and gradients (default: --dtype; the 7b configs use float32)",
+  )
   parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
   args = parser.parse_args(argv)
-  config = get_preset(args.preset).replace(dtype=args.dtype, param_dtype=args.dtype)
+  param_dtype = args.param_dtype or args.dtype
+  config = get_preset(args.preset).replace(dtype=args.dtype, param_dtype=param_dtype)
   est = estimate(
     config,
     data=args.data,
@@ -146,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     f"{args.preset}: {est.params_total / 1e9:.3f}B parameters ({est.params_trained / 1e9:.3f}B trained)"
   )
   print(
-    f"mesh data={args.data} fsdp={args.fsdp} tensor={args.tensor}, stage {args.stage}, {args.dtype}"
+    f"mesh data={args.data} fsdp={args.fsdp} tensor={args.tensor}, stage {args.stage}, "
+    f"compute {args.dtype}, parameters {param_dtype}"
   )
   for name in ("weights", "grads", "optimizer", "activations"):
     print(f"  {name:<12} {getattr(est, name + '_gib'):8.2f} GiB per device")

@@ -239,16 +239,25 @@ class _Checkpoint:
       raise ValueError(f"{path} has neither model.safetensors nor model.safetensors.index.json")
     self._where: dict[str, tuple[str, str]] = {}  # our name -> (file, stored name)
     for file in files:
-      with safe_open(path / file, framework="numpy") as f:
-        for stored in f.keys():
-          name = stored
-          for old, new in _NAME_ALIASES:
-            if name.startswith(old):
-              name = new + name[len(old) :]
-              break
-          if name in self._where:
-            raise ValueError(f"tensor {name} appears twice in {path} (as {stored})")
-          self._where[name] = (str(path / file), stored)
+      if not (path / file).is_file():
+        raise ValueError(f"{path / file} is missing (listed in {index.name}); download it again")
+      try:
+        with safe_open(path / file, framework="numpy") as f:
+          stored_names = list(f.keys())
+      except Exception as e:  # safetensors' own error type: truncated or not safetensors
+        raise ValueError(
+          f"{path / file} is not a readable safetensors file ({e}): it is truncated or "
+          "damaged; download it again"
+        ) from None
+      for stored in stored_names:
+        name = stored
+        for old, new in _NAME_ALIASES:
+          if name.startswith(old):
+            name = new + name[len(old) :]
+            break
+        if name in self._where:
+          raise ValueError(f"tensor {name} appears twice in {path} (as {stored})")
+        self._where[name] = (str(path / file), stored)
 
   def names(self) -> set[str]:
     return set(self._where)
@@ -261,7 +270,12 @@ class _Checkpoint:
   def get(self, name: str) -> np.ndarray:
     file, stored = self._where[name]
     with safe_open(file, framework="numpy") as f:
-      return f.get_tensor(stored)
+      array = f.get_tensor(stored)
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+      raise ValueError(
+        f"tensor {name} in {file} has dtype {array.dtype}; weights are floating point"
+      )
+    return array
 
 
 def _names(names: list[str], limit: int = 8) -> str:
