@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -48,7 +49,7 @@ class CheckpointError(ValueError):
 
 
 def checkpoint_dir(workdir: str | epath.Path) -> epath.Path:
-  return epath.Path(workdir) / CHECKPOINT_DIR
+  return absolute(workdir) / CHECKPOINT_DIR
 
 
 def _split_model_state(
@@ -161,6 +162,13 @@ def _grain_iterator(iterator: Any) -> Any:
   return getattr(iterator, "grain_iterator", iterator)
 
 
+def absolute(path: str | epath.Path) -> epath.Path:
+  """Local paths made absolute (Orbax refuses relative ones); bucket URLs unchanged."""
+  if "://" in str(path):
+    return epath.Path(path)
+  return epath.Path(os.path.abspath(os.fspath(path)))
+
+
 def restore_model_state(
   path: str | epath.Path, abstract_model_state: nnx.State, step: int | None = None
 ) -> nnx.State:
@@ -169,7 +177,7 @@ def restore_model_state(
   `path` is a workdir, its `checkpoints` directory, or one step directory inside it;
   `abstract_model_state` holds ShapeDtypeStructs with shardings.
   """
-  path = epath.Path(path)
+  path = absolute(path)
   _refuse_pickles(path)
   if path.name.isdigit() and (path / "model").exists():
     step, path = int(path.name), path.parent
