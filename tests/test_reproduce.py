@@ -87,7 +87,7 @@ def test_main_job_end_to_end(tmp_path):
 
 @pytest.mark.e2e
 def test_single_stage_runs_from_a_fresh_checkout_and_resumes(tmp_path):
-  work = tmp_path / "rad"
+  work = tmp_path / "rad"  # given relative to the working directory, as users do
   small = [
     f"--config.data.path={tmp_path / 'data'}",
     "--config.data.num_studies=20",
@@ -100,10 +100,10 @@ def test_single_stage_runs_from_a_fresh_checkout_and_resumes(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
 
   def run(steps):
-    cmd = [sys.executable, "-m", "echo_jax.main", "--config=configs/rad.py:tiny"]
-    cmd += [f"--workdir={work}", f"--config.total_steps={steps}", *small]
+    cmd = [sys.executable, "-m", "echo_jax.main", f"--config={REPO}/configs/rad.py:tiny"]
+    cmd += ["--workdir=rad", f"--config.total_steps={steps}", *small]
     proc = subprocess.run(
-      ["timeout", "-k", "10", "600", *cmd], cwd=REPO, env=env, capture_output=True, text=True
+      ["timeout", "-k", "10", "600", *cmd], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stderr
