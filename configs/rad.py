@@ -60,32 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 32
     c.optimizer.learning_rate = 1.5e-3
   else:
+    common.lingshu_7b(c)
     c.workdir = "workdir/7b/rad"
     c.init.path = "workdir/7b/ar"  # the stage-1 workdir (or a Hugging Face directory)
-    c.model.preset = "lingshu-7b"
-    c.model.dtype = "bfloat16"
-    c.model.param_dtype = "float32"
-    c.model.remat = True
-    c.mesh.data = 1
-    c.mesh.fsdp = -1
-    c.mesh.tensor = 1
-    c.data.name = "r2gen"
-    c.data.path = ""  # set --config.data.path
-    c.data.min_pixels = 256 * 28 * 28
-    c.data.max_pixels = 1500 * 1500
-    c.data.context_len = 3072
-    c.data.response_len = 256
-    c.data.max_patches = (
-      11480  # one image of max_pixels: 2.25M / 14**2 patches, rounded up to a multiple of 4
-    )
-    c.data.worker_count = 8
-    c.batch_size = 64
-    c.total_steps = 10_000
-    c.optimizer.learning_rate = 1e-5
-    c.optimizer.warmup_steps = 200
-    c.optimizer.b2 = 0.999
-    c.optimizer.weight_decay = 0.0
-    c.eval_every = 1000
-    c.eval_batches = 0
-    c.checkpoint_every = 1000
   return c
