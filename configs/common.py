@@ -109,34 +109,37 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def lingshu_7b(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The settings every 7B stage shares: Lingshu-7B shapes on a real dataset, sharded."""
-  c.model.preset = "lingshu-7b"
-  c.model.dtype = "bfloat16"
-  c.model.param_dtype = "float32"  # master weights and Adam moments in float32
-  c.model.remat = True
-  c.mesh.data = 1
-  c.mesh.fsdp = -1  # shard parameters and optimizer state over every device
-  c.mesh.tensor = 1
-  c.data.name = "r2gen"
-  c.data.path = ""  # the dataset root holding annotation.json: set --config.data.path
-  c.data.min_pixels = 256 * 28 * 28  # ECHO's image sizes (ECHO.md §2)
-  c.data.max_pixels = 1500 * 1500
-  c.data.context_len = 3072  # one image (<= 2,870 vision tokens) plus the prompt
-  c.data.response_len = 256
+def lingshu_7b(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The settings every 7B stage shares: Lingshu-7B shapes on a real dataset, sharded.
+
+  Sets values only; each key is defined and documented in `base_config`.
+  """
+  cfg.model.preset = "lingshu-7b"
+  cfg.model.dtype = "bfloat16"
+  cfg.model.param_dtype = "float32"  # master weights and Adam moments in float32
+  cfg.model.remat = True
+  cfg.mesh.data = 1
+  cfg.mesh.fsdp = -1  # shard parameters and optimizer state over every device
+  cfg.mesh.tensor = 1
+  cfg.data.name = "r2gen"
+  cfg.data.path = ""  # the dataset root holding annotation.json: set --config.data.path
+  cfg.data.min_pixels = 256 * 28 * 28  # ECHO's image sizes (ECHO.md §2)
+  cfg.data.max_pixels = 1500 * 1500
+  cfg.data.context_len = 3072  # one image (<= 2,870 vision tokens) plus the prompt
+  cfg.data.response_len = 256
   # One image of max_pixels: 2.25M / 14**2 patches, rounded up to a multiple of 4.
-  c.data.max_patches = 11480
-  c.data.worker_count = 8
-  c.batch_size = 64
-  c.total_steps = 10_000
-  c.optimizer.learning_rate = 1e-5
-  c.optimizer.warmup_steps = 200
-  c.optimizer.b2 = 0.999
-  c.optimizer.weight_decay = 0.0
-  c.eval_every = 1000
-  c.eval_batches = 0
-  c.checkpoint_every = 1000
-  return c
+  cfg.data.max_patches = 11480
+  cfg.data.worker_count = 8
+  cfg.batch_size = 64
+  cfg.total_steps = 10_000
+  cfg.optimizer.learning_rate = 1e-5
+  cfg.optimizer.warmup_steps = 200
+  cfg.optimizer.b2 = 0.999
+  cfg.optimizer.weight_decay = 0.0
+  cfg.eval_every = 1000
+  cfg.eval_batches = 0
+  cfg.checkpoint_every = 1000
+  return cfg
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
