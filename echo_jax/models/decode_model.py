@@ -44,6 +44,15 @@ class EchoDecodeModel:
 
   graphdef: nnx.GraphDef
   config: ModelConfig
+  # Hashing a GraphDef walks the whole module tree (milliseconds for a small model), and
+  # jit hashes its static arguments on every call: hash once.
+  _hash: int = dataclasses.field(init=False, repr=False, compare=False)
+
+  def __post_init__(self):
+    object.__setattr__(self, "_hash", hash((self.graphdef, self.config)))
+
+  def __hash__(self) -> int:
+    return self._hash
 
   @classmethod
   def from_model(cls, model: EchoVLM) -> tuple[EchoDecodeModel, nnx.State]:
