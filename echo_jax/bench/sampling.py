@@ -329,6 +329,10 @@ def environment() -> dict[str, Any]:
   )
 
 
+def _costs_line(costs: dict[str, float]) -> str:
+  return "ms per forward: " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items())
+
+
 def _write(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
@@ -346,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     setup = build(args, args.data or os.path.join(work, "data"))
     costs = forward_costs(setup, args)
     if args.forward_costs_only:
-      print("ms per forward: " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
+      print(_costs_line(costs))
       only = dict(preset=args.preset, forward_costs=costs, environment=environment())
       return _write(args, only)
     rows = our_rows(setup, args)
@@ -373,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   result["markdown"] = table
   _write(args, result)
   print(table)
-  print("ms per forward: " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
+  print(_costs_line(costs))
   if peer is not None:
     print(f"AR vs transformers: {result['ar_equals_peer']}")
   return result
