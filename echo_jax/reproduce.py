@@ -24,6 +24,7 @@ import ml_collections
 from etils import epath
 
 from echo_jax import config_lib
+from echo_jax.eval import coherence, controls
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ TABLE_METRICS = (
   ("echo/rouge_l", "ROUGE-L"),
   ("r2gen/bleu_4", "BLEU-4"),
   ("r2gen/cider_d", "CIDEr-D"),
+  ("synthetic/grammar_valid_share", "grammar-valid"),
+  ("synthetic/exact_findings", "exact findings"),
 )
 
 
@@ -86,7 +89,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       config_lib.validate(stage, num_devices)
     except config_lib.ConfigError as e:
       problems += [f"stages.{name}: {p}" for p in e.problems]
-  for row in config.eval.rows:
+  for row in (*config.eval.rows, *config.eval.get("deranged_rows", ())):
     if len(row) != 4 or row[1] not in config.stages or row[2] not in SAMPLERS:
       problems.append(
         f"eval.rows entry {row!r} must be (name, stage, sampler in {SAMPLERS}, block_len)"
@@ -138,8 +141,23 @@ def load_trained_model(workdir: str, model_config) -> Any:
   return nnx.merge(graphdef, restore_model_state(workdir, abstract))
 
 
+CONSTANT_ROW = "constant report"
+
+
+def eval_rows(config: ml_collections.ConfigDict) -> list[tuple[str, str, str, int, bool]]:
+  """Every decoded row: (name, stage, sampler, block length, with another study's images)."""
+  rows = [(*row, False) for row in config.eval.rows]
+  rows += [(*row, True) for row in config.eval.get("deranged_rows", ())]
+  return rows
+
+
 def generate_rows(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
-  """Decode the test split with every evaluated (stage, sampler); one record per report."""
+  """Decode the test split with every evaluated (stage, sampler); one record per report.
+
+  Rows of `eval.deranged_rows` decode each study with the images of another test study
+  (a fixed derangement, eval/controls.py); `eval.constant_report` adds the label-prior
+  baseline, one training report written for every study.
+  """
   from echo_jax import inference
   from echo_jax.data import images, readers
   from echo_jax.data.pipeline import StudyExamples
@@ -149,11 +167,13 @@ def generate_rows(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   studies = readers.read_dataset("r2gen", data_path(config), splits=[config.eval.split])
   if config.eval.num_studies:
     studies = studies[: config.eval.num_studies]
+  deranged = controls.with_images_of(studies, controls.derangement(len(studies), config.seed))
   out_dir = os.path.join(config.workdir, "eval", "predictions")
   os.makedirs(out_dir, exist_ok=True)
   records: list[dict[str, Any]] = []
   models: dict[str, Any] = {}
-  for index, (row, stage_name, kind, block_len) in enumerate(config.eval.rows, 1):
+  rows = eval_rows(config)
+  for index, (row, stage_name, kind, block_len, swapped) in enumerate(rows, 1):
     stage = stage_config(config, stage_name)
     model_config = config_lib.model_config(stage)
     if stage_name not in models:
@@ -180,12 +200,13 @@ def generate_rows(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     generator = inference.ReportGenerator(
       models[stage_name], tokenizer, example_fn, batch_size=config.eval.batch_size
     )
-    log.info("[eval %d/%d] %s on %d studies", index, len(config.eval.rows), row, len(studies))
-    generated = generator.generate(studies, sampler, progress=False)
-    path = os.path.join(out_dir, f"{_slug(row)}.jsonl")
-    with open(path, "w") as f:
-      for g, study in zip(generated, studies, strict=True):
-        record = {
+    inputs = deranged if swapped else studies
+    log.info("[eval %d/%d] %s on %d studies", index, len(rows), row, len(inputs))
+    generated = generator.generate(inputs, sampler, progress=False)
+    records += _write_records(
+      os.path.join(out_dir, f"{_slug(row)}.jsonl"),
+      [
+        {
           "id": g["id"],
           "model": row,
           "prediction": g["prediction"],
@@ -193,8 +214,33 @@ def generate_rows(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
           "images": list(study.image_paths),
           "stats": inference.row_stats(g),
         }
-        f.write(json.dumps(record) + "\n")
-        records.append(record)
+        for g, study in zip(generated, inputs, strict=True)
+      ],
+    )
+  if config.eval.get("constant_report", False):
+    train = readers.read_dataset("r2gen", data_path(config), splits=["train"])
+    report, share = controls.constant_report(train)
+    log.info("[eval] %s (label set of %.0f%% of training): %s", CONSTANT_ROW, 100 * share, report)
+    records += _write_records(
+      os.path.join(out_dir, f"{_slug(CONSTANT_ROW)}.jsonl"),
+      [
+        {
+          "id": s.id,
+          "model": CONSTANT_ROW,
+          "prediction": report,
+          "reference": s.report,
+          "images": list(s.image_paths),
+        }
+        for s in studies
+      ],
+    )
+  return records
+
+
+def _write_records(path: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  with open(path, "w") as f:
+    for record in records:
+      f.write(json.dumps(record) + "\n")
   return records
 
 
@@ -203,30 +249,47 @@ def _slug(name: str) -> str:
 
 
 def summarize(config, result: dict[str, Any], records: list[dict[str, Any]]) -> list[dict]:
-  """One results.json row per evaluated model."""
+  """One results.json row per evaluated model (decoded rows, then the constant report)."""
   rows = []
-  for row, stage_name, kind, block_len in config.eval.rows:
+  described = eval_rows(config)
+  if config.eval.get("constant_report", False):
+    described.append((CONSTANT_ROW, "", "constant", 0, False))
+  for row, stage_name, kind, block_len, swapped in described:
     model = result["models"][row]
     speed = model["speed"]
     recs = [r for r in records if r["model"] == row]
-    seconds = sum(r["stats"]["seconds"] for r in recs)
+    stats = [r["stats"] for r in recs if "stats" in r]
+    seconds = sum(st["seconds"] for st in stats)
     rows.append(
       {
         "name": row,
         "stage": stage_name,
         "sampler": kind,
         "block_len": block_len,
+        "images_of_another_study": swapped,
         "num_reports": len(recs),
         "tpf": speed["tpf"],
         "tokens_per_second": speed["tokens_per_second"],
-        "ms_per_report": 1000.0 * seconds / max(len(recs), 1),
-        "loops": sum(bool(r["stats"]["looped"]) for r in recs),
-        "no_eos": sum(not r["stats"]["eos"] for r in recs),
-        "metrics": model["metrics"],
+        "ms_per_report": 1000.0 * seconds / len(stats) if stats else None,
+        "loops": sum(bool(st["looped"]) for st in stats),
+        "no_eos": sum(not st["eos"] for st in stats),
+        "metrics": {**model["metrics"], **coherence_of(recs)},
         "ci": model.get("ci", {}),
       }
     )
   return rows
+
+
+def coherence_of(records: list[dict[str, Any]]) -> dict[str, float]:
+  """The synthetic benchmark's exact coherence figures (eval/coherence.py) of one model."""
+  from echo_jax.eval.chexpert_labeler import CheXpertLabeler
+
+  labeler = CheXpertLabeler()
+  preds = [r["prediction"] for r in records]
+  out = coherence.coherence_metrics(
+    preds, labeler.label_many(preds), labeler.label_many([r["reference"] for r in records])
+  )
+  return {f"synthetic/{k}": v for k, v in out.items()}
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -239,7 +302,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     cells = [r["name"], fmt(r["tpf"], 2), fmt(r["tokens_per_second"], 0)]
     cells += [fmt(r["ms_per_report"], 1)]
     cells += [fmt(r["metrics"].get(k)) for k, _ in TABLE_METRICS]
-    cells += [f"{r['loops']}/{r['num_reports']}"]
+    cells += [f"{r['loops']}/{r['num_reports']}" if r["tpf"] is not None else "n/a"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 

@@ -58,7 +58,9 @@ class Study:
     split: "train", "val" or "test".
     labels: per-finding labels when the dataset ships them (CheXpert names -> value), else
       None. Values are as the dataset gives them (1 positive, 0 negative, -1 uncertain).
-    meta: reader-specific extras (subject id, attributes, ...); never used for training.
+    meta: reader-specific extras (subject id, ...); never fed to the report model. The
+      synthetic benchmark's finding set (meta["findings"]) gives the vision pretraining
+      stage its targets.
   """
 
   id: str

@@ -6,7 +6,8 @@ Layout (see FORMATS.md):
                          {"id", "report", "image_path": [relative paths], "split", ...}
   ROOT/images/...        the images; `image_path` is relative to this folder
   ROOT/labels.json       optional: {id: {"labels": {CheXpert name: 0/1}, ...}} (the
-                         synthetic benchmark writes it); attached as Study.labels
+                         synthetic benchmark writes it); attached as Study.labels, and
+                         its "attributes"."findings" (the finding set) as meta["findings"]
 
 Findings and impression. R2Gen reports are one paragraph without sections. A report that
 contains "Findings:" / "Impression:" markers (the synthetic set, reports normalized for
@@ -120,7 +121,11 @@ def read_r2gen(
           if not isinstance(record, dict) or not isinstance(record.get("labels"), dict):
             raise EntrySkip("missing_labels", f"{labels_path} has no labels for {study_id!r}")
           study_labels = dict(record["labels"])
-        meta = {k: entry[k] for k in ("study_id", "subject_id") if k in entry} or None
+        meta = {k: entry[k] for k in ("study_id", "subject_id") if k in entry}
+        attributes = record.get("attributes") if label_map is not None else None
+        if isinstance(attributes, dict) and isinstance(attributes.get("findings"), dict):
+          meta["findings"] = attributes["findings"]  # the synthetic generator's finding set
+        meta = meta or None
         studies.append(
           make_study(
             study_id,
