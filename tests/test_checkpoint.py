@@ -19,6 +19,7 @@ from echo_jax.train import mesh as mesh_lib
 from echo_jax.train import metrics as metrics_lib
 from echo_jax.train import optimizer as optimizer_lib
 from echo_jax.train import state as state_lib
+from echo_jax.train.task import Task
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 POISON = 1000
@@ -60,7 +61,7 @@ def make_config(workdir, **overrides):
 
 
 def make_task(records=tuple(range(40)), hooks=()):
-  return loop.Task(
+  return Task(
     model_fn=lambda: TinyLM(rngs=nnx.Rngs(0)),
     loss_fn=loss_fn,
     train_records=list(records),

@@ -18,7 +18,8 @@ from tiny_vlm import make_setup
 from echo_jax import config_lib
 from echo_jax.data.pipeline import stack_examples
 from echo_jax.diffusion import dcd_loss
-from echo_jax.train import tasks
+from echo_jax.train import dcd_teacher, objectives
+from echo_jax.train.stage_config import StageConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BLOCK = 4
@@ -43,7 +44,8 @@ def _rollout_batch(setup, **dcd):
   for k, v in dcd.items():
     config.dcd[k] = v
   graphdef, state = nnx.split(s.model)
-  prepare = tasks.make_prepare_batch(config, s.config, graphdef, state)
+  stage = StageConfig.from_config(config, s.config)
+  prepare = dcd_teacher.make_prepare_batch(stage, s.config, graphdef, state)
   return prepare(None, None, batch), config
 
 
@@ -78,7 +80,7 @@ def test_student_equal_to_teacher_has_zero_kl_at_first_step_commits(setup):
 def test_dcd_loss_trains_kept_rollouts_only(setup):
   s = setup[0]
   batch, config = _rollout_batch(setup, top_k=8)
-  loss_fn = tasks.make_loss_fn(config, s.config)
+  loss_fn = objectives.make_loss_fn(StageConfig.from_config(config, s.config))
   assert not np.asarray(batch["rollout_keep"]).any()  # a random teacher never writes EOS
 
   def loss_and_grad_norm(b):

@@ -160,14 +160,14 @@ def make_task(task: str, config, num_records: int = 40, poison: str = ""):
   """The stand-in Task; `poison` ("loss" | "grad") adds the POISON record to the data."""
   from flax import nnx
 
-  from echo_jax.train import loop
+  from echo_jax.train.task import Task
 
   records = list(range(num_records)) + ([POISON] if poison else [])
   if task == "lm":
     from test_train_step import SEQ, TinyLM, tiny_loss
 
     studies = [Study(f"study-{r:04d}", r) for r in records]
-    return loop.Task(
+    return Task(
       model_fn=lambda: TinyLM(rngs=nnx.Rngs(0)),
       loss_fn=poisoned(tiny_loss, poison) if poison else tiny_loss,
       train_records=studies,
@@ -175,7 +175,8 @@ def make_task(task: str, config, num_records: int = 40, poison: str = ""):
       tokens_per_example=SEQ,
     )
   from echo_jax.models.vlm import EchoVLM
-  from echo_jax.train import tasks
+  from echo_jax.train import objectives
+  from echo_jax.train.stage_config import StageConfig
 
   model_config = rad_model_config()
   ids = model_config.tokens
@@ -187,8 +188,8 @@ def make_task(task: str, config, num_records: int = 40, poison: str = ""):
     eos=ids.eos,
     first_token=max(dataclasses.asdict(ids).values()) + 1,
   )
-  loss_fn = tasks.make_loss_fn(config, model_config)
-  return loop.Task(
+  loss_fn = objectives.make_loss_fn(StageConfig.from_config(config, model_config))
+  return Task(
     model_fn=lambda: EchoVLM(model_config, rngs=nnx.Rngs(config.seed)),
     loss_fn=poisoned(loss_fn, poison) if poison else loss_fn,
     train_records=records,

@@ -24,16 +24,18 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
+from jax.sharding import Mesh
 
 from echo_jax.train import state as state_lib
 from echo_jax.train.state import TrainState
@@ -204,6 +206,20 @@ def restore_model_state(
     manager.close()
   log.info("initialized the model from %s step %d", path, step)
   return restored["model"]
+
+
+def restore_sharded_model_state(
+  path: str | epath.Path,
+  model_fn: Callable[[], nnx.Module],
+  mesh: Mesh,
+  rules: Sequence[tuple[str, Any]],
+) -> nnx.State:
+  """The `model` item of the checkpoint at `path`, read straight into the mesh shardings
+  that `model_fn`'s model gets under `rules` (no copy on one device first)."""
+  tx = optax.identity()  # shapes of the model only; no optimizer state needed
+  _, abstract, shardings = state_lib.state_shardings(model_fn, tx, mesh, rules)
+  target = state_lib.with_shardings(abstract, shardings)
+  return restore_model_state(path, nnx.merge_state(target.params, target.frozen))
 
 
 def _key(path: Sequence[Any]) -> str:

@@ -1,4 +1,4 @@
-"""The training loop of stages "ar" and "rad": init or resume, step, log, evaluate, save.
+"""The training loop of every stage: init or resume, step, log, evaluate, save.
 
 `train(config)` builds everything from the config. The pieces that depend on the model,
 the objective and the dataset come as a `Task`, so the same loop runs the real VLM
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -30,41 +30,11 @@ from echo_jax.train import metrics as metrics_lib
 from echo_jax.train import optimizer as optimizer_lib
 from echo_jax.train import state as state_lib
 from echo_jax.train import step as step_lib
+from echo_jax.train import tasks
 from echo_jax.train.state import TrainState
+from echo_jax.train.task import Task
 
 log = logging.getLogger(__name__)
-
-# hook(step, state, graphdef) -> {name: text}: e.g. generated sample reports to log.
-SampleHook = Callable[[int, TrainState, nnx.GraphDef], dict[str, str]]
-
-
-@dataclasses.dataclass
-class Task:
-  """What the loop needs from a model + objective + dataset.
-
-  model_fn: builds the model (called under nnx.eval_shape and under jit).
-  loss_fn: step.LossFn, `(model, batch, key) -> (loss, metrics)`; must weight examples
-    with `batch["example_valid"] == False` (eval padding) by zero when that key exists.
-  train_records / eval_records: the examples' source records (e.g. Study objects).
-  transform: record -> fixed-shape example dict (see data/pipeline.py).
-  model_state: a full model state to start from (previous stage / Hugging Face), or None.
-  tokens_per_example: tokens one example sends through the model (for tokens/s).
-  sample_hooks: called every `config.sample_every` steps; their texts are logged.
-  prepare_batch: `(state, graphdef, batch) -> batch`, run on every train and eval batch
-    before the step (DCD: the frozen teacher's rollout adds its targets). It must be
-    jitted and must not sync with the host, so the step queue keeps flowing.
-  """
-
-  model_fn: Callable[[], nnx.Module]
-  loss_fn: step_lib.LossFn
-  train_records: Sequence[Any]
-  transform: pipeline.Transform
-  eval_records: Sequence[Any] = ()
-  model_state: nnx.State | None = None
-  tokens_per_example: int = 0
-  sample_hooks: Sequence[SampleHook] = ()
-  prepare_batch: Callable[[TrainState, nnx.GraphDef, Any], Any] | None = None
-
 
 RECORD_INDEX = "record_index"  # int32 field added to each training example: its record's index
 
@@ -167,8 +137,6 @@ def train(
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   rules = mesh_lib.logical_rules(config)
   if task is None:
-    from echo_jax.train import tasks  # the real model, objectives and data
-
     task = tasks.build_task(config, mesh, rules)
 
   tx = optimizer_lib.make_optimizer(config)

@@ -52,7 +52,7 @@ def logical_rules(config: ml_collections.ConfigDict | None = None) -> tuple[tupl
   return tuple(DEFAULT_RULES)
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
+def variable_shardings(abstract_state: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
   """NamedShardings for an (abstract) nnx.State whose Variables carry logical axis names.
 
   The model's rule semantics (echo_jax.models.sharding): unmapped names replicate, a

@@ -85,8 +85,8 @@ def state_shardings(
 ) -> tuple[nnx.GraphDef, TrainState, TrainState]:
   """(graphdef, abstract TrainState, TrainState of NamedShardings) without allocating."""
   graphdef, abs_params, abs_frozen = split_model(abstract_model(model_fn), freeze)
-  params_sh = mesh_lib.state_shardings(abs_params, mesh, rules)
-  frozen_sh = mesh_lib.state_shardings(abs_frozen, mesh, rules)
+  params_sh = mesh_lib.variable_shardings(abs_params, mesh, rules)
+  frozen_sh = mesh_lib.variable_shardings(abs_frozen, mesh, rules)
   abs_opt = jax.eval_shape(tx.init, abs_params)
   flat = jax.tree_util.tree_flatten_with_path(params_sh)[0]
   reference = {tuple(path): s for path, s in flat}
