@@ -12,7 +12,9 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   """All keys of a training run with CPU-friendly defaults."""
   c = ml_collections.ConfigDict()
-  c.stage = "ar"  # training stage: "ar" (causal LM) or "rad" (block diffusion, ECHO.md §5)
+  # training stage: "vision" (tower pretraining on image labels), "ar" (causal LM),
+  # "rad" (block diffusion) or "dcd" (one-step distillation)
+  c.stage = "ar"
   c.preset = "tiny"  # name of the preset this config was built from (reported in logs)
   c.seed = 0  # seeds parameter init, data order and diffusion noise
   # Checkpoints, TensorBoard logs and sample reports; a run resumes from here.
@@ -29,6 +31,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.init = ml_collections.ConfigDict()
   c.init.path = ""  # an echo_jax workdir or checkpoint step, or a Hugging Face directory
   c.init.format = "auto"  # auto | echo | hf ("auto": hf when config.json + *.safetensors)
+  # A vision-stage workdir whose trained tower replaces the model's (after init.path).
+  c.init.vision_path = ""  # "" = keep the tower of init.path (or the random one)
 
   # Params whose path holds one of these names get no gradient nor Adam state.
   c.freeze = ()  # e.g. ("vision",): the ViT and the patch merger
@@ -54,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_pixels = 112 * 112  # largest resized image area (max_pixels / 14**2 patches)
   c.data.context_len = 128  # P: context tokens, left-padded; a multiple of the block length
   c.data.response_len = 96  # R: report + EOS + pad tokens; a multiple of the block length
+  # Reports longer than response_len lose their end (and EOS): refused unless allowed.
+  c.data.allow_truncation = False
   c.data.max_patches = 64  # ViT patches per example after padding (multiple of merge**2 = 4)
   c.data.worker_count = 0  # Grain worker processes (0 = load in the main process)
   c.data.worker_buffer_size = 2  # batches each worker prepares ahead
@@ -127,6 +133,7 @@ def lingshu_7b(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   cfg.data.max_pixels = 1500 * 1500
   cfg.data.context_len = 3072  # one image (<= 2,870 vision tokens) plus the prompt
   cfg.data.response_len = 256
+  cfg.data.allow_truncation = True  # real reports have a long tail; the few longest are cut
   # One image of max_pixels: 2.25M / 14**2 patches, rounded up to a multiple of 4.
   cfg.data.max_patches = 11480
   cfg.data.worker_count = 8

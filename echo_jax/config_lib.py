@@ -20,7 +20,7 @@ from ml_collections import config_flags
 from echo_jax.models import presets
 from echo_jax.models.config import ModelConfig
 
-STAGES = ("ar", "rad", "dcd")
+STAGES = ("vision", "ar", "rad", "dcd")
 DTYPES = ("float32", "bfloat16")
 INIT_FORMATS = ("auto", "echo", "hf")
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -155,6 +155,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     p.append(
       f"init.path={c.init.path!r} does not exist: train the previous stage first, fix the path, or set --config.init.path='' for a random init"
     )
+  if c.init.get("vision_path") and not epath.Path(c.init.vision_path).exists():
+    p.append(
+      f"init.vision_path={c.init.vision_path!r} does not exist: train the vision stage first or set --config.init.vision_path=''"
+    )
+  if c.init.get("vision_path") and c.stage == "vision":
+    p.append("init.vision_path is for the stages after the vision stage; use init.path here")
   if c.init.format == "hf" and not c.init.path:
     p.append(
       "init.format='hf' needs init.path: the Hugging Face model directory (config.json + *.safetensors)"

@@ -58,6 +58,8 @@ def stage_config(config: ml_collections.ConfigDict, name: str) -> ml_collections
   stage.init.path = _resolve(config, stage.init.path) if stage.init.path else ""
   if stage.dcd.teacher_path:
     stage.dcd.teacher_path = _resolve(config, stage.dcd.teacher_path)
+  if stage.init.get("vision_path"):
+    stage.init.vision_path = _resolve(config, stage.init.vision_path)
   return stage
 
 
@@ -84,6 +86,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     stage = stage_config(config, name)
     # Earlier stages do not exist yet: check their paths when the stage starts.
     stage.init.path = ""
+    stage.init.vision_path = ""
     stage.dcd.teacher_path = stage.dcd.teacher_path and "."
     try:
       config_lib.validate(stage, num_devices)

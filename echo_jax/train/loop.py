@@ -207,12 +207,17 @@ def train(
         state, metrics = train_step(state, batch)
         logger.push(step, metrics)
         done = step + 1
-        if config.eval_every and done % config.eval_every == 0 and task.eval_records:
-          result = evaluate(
-            eval_step, state, task.eval_records, task.transform, config, mesh, prepare
-          )
-          logger.write_eval(done, result)
-          eval_history.append((step, result))
+        if config.eval_every and done % config.eval_every == 0:
+          result = {}
+          if task.eval_records:
+            result = evaluate(
+              eval_step, state, task.eval_records, task.transform, config, mesh, prepare
+            )
+          for hook in task.metric_hooks:
+            result.update(hook(done, state, graphdef))
+          if result:
+            logger.write_eval(done, result)
+            eval_history.append((step, result))
         if config.sample_every and done % config.sample_every == 0:
           for hook in task.sample_hooks:
             logger.write_texts(done, hook(done, state, graphdef))

@@ -19,6 +19,8 @@ from echo_jax.train.state import TrainState
 
 # hook(step, state, graphdef) -> {name: text}: e.g. generated sample reports to log.
 SampleHook = Callable[[int, TrainState, nnx.GraphDef], dict[str, str]]
+# hook(step, state, graphdef) -> {name: value}: e.g. validation AUC, written as eval scalars.
+MetricHook = Callable[[int, TrainState, nnx.GraphDef], dict[str, float]]
 
 
 @dataclasses.dataclass
@@ -33,6 +35,8 @@ class Task:
   model_state: a full model state to start from (previous stage / Hugging Face), or None.
   tokens_per_example: tokens one example sends through the model (for tokens/s).
   sample_hooks: called every `config.sample_every` steps; their texts are logged.
+  metric_hooks: called every `config.eval_every` steps; their values are written as
+    `eval/<name>` scalars (metrics that are not a mean over batches, such as AUC).
   prepare_batch: `(state, graphdef, batch) -> batch`, run on every train and eval batch
     before the step (DCD: the frozen teacher's rollout adds its targets). It must be
     jitted and must not sync with the host, so the step queue keeps flowing.
@@ -46,4 +50,5 @@ class Task:
   model_state: nnx.State | None = None
   tokens_per_example: int = 0
   sample_hooks: Sequence[SampleHook] = ()
+  metric_hooks: Sequence[MetricHook] = ()
   prepare_batch: Callable[[TrainState, nnx.GraphDef, Any], Any] | None = None

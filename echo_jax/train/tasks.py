@@ -25,7 +25,7 @@ from echo_jax.data.study import Study
 from echo_jax.models.config import ModelConfig
 from echo_jax.models.vlm import EchoVLM
 from echo_jax.train import checkpoint as checkpoint_lib
-from echo_jax.train import dcd_teacher, init_weights, objectives
+from echo_jax.train import dcd_teacher, init_weights, objectives, vision_stage
 from echo_jax.train.sample_hook import make_sample_hook
 from echo_jax.train.stage_config import StageConfig
 from echo_jax.train.task import Task
@@ -54,10 +54,38 @@ def load_tokenizer(
   )
 
 
+def check_response_len(
+  config: ml_collections.ConfigDict, studies: Sequence[Study], tokenizer: tokenizer_lib.Tokenizer
+) -> None:
+  """Refuse a response_len that would cut reports (and their EOS) unless allowed.
+
+  Sized from the data, not guessed: the message gives the longest report and the
+  smallest block-aligned length that holds it.
+  """
+  if config.data.get("allow_truncation", False) or not studies:
+    return
+  lengths = [len(tokenizer_lib.encode_report(tokenizer, s.report)) for s in studies]
+  longest = max(range(len(lengths)), key=lengths.__getitem__)
+  if lengths[longest] <= config.data.response_len:
+    return
+  cut = sum(n > config.data.response_len for n in lengths)
+  block = max([int(config.rad.block_len), *(int(b) for b in config.rad.mixed_block_lens)])
+  needed = -(-lengths[longest] // block) * block
+  raise config_lib.ConfigError(
+    [
+      f"data.response_len={config.data.response_len} would cut {cut} of {len(lengths)} reports "
+      f"(the longest, study {studies[longest].id}, has {lengths[longest]} tokens with its EOS): "
+      f"set --config.data.response_len={needed}, or --config.data.allow_truncation=True"
+    ]
+  )
+
+
 def build_task(
   config: ml_collections.ConfigDict, mesh: Mesh, rules: Sequence[tuple[str, Any]]
 ) -> Task:
   """Model, objective and data of the config (see the module docstring)."""
+  if config.stage == "vision":
+    return build_vision_task(config, mesh, rules)
   model_config = config_lib.model_config(config)
   model_state = None
   if init_weights.starts_from_hf(config):
@@ -67,6 +95,14 @@ def build_task(
   echo_state = init_weights.load_echo_start(config, model_fn, mesh, rules)
   if echo_state is not None:
     model_state = echo_state
+  if config.init.get("vision_path"):
+    # The pretrained tower of the vision stage replaces this model's (random or earlier).
+    probe_state = vision_stage.restore_probe_state(
+      config.init.vision_path, model_config, mesh, rules, config.seed
+    )
+    if model_state is None:
+      model_state = vision_stage.random_model_state(model_fn, mesh, rules)
+    model_state = vision_stage.graft_vision(model_state, probe_state)
 
   prepare_batch = None
   if stage.dcd is not None:
@@ -85,6 +121,7 @@ def build_task(
 
   train, val = load_studies(config)
   tokenizer = load_tokenizer(config, train, model_config)
+  check_response_len(config, [*train, *val], tokenizer)
   image_config = images.ImageConfig.from_vision_config(
     model_config.vision, min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels
   )
@@ -111,4 +148,33 @@ def build_task(
     tokens_per_example=objectives.tokens_per_example(stage),
     prepare_batch=prepare_batch,
     sample_hooks=hooks,
+  )
+
+
+def build_vision_task(
+  config: ml_collections.ConfigDict, mesh: Mesh, rules: Sequence[tuple[str, Any]]
+) -> Task:
+  """Stage "vision": the tower and a label head on the dataset's images (train/vision_stage.py)."""
+  model_config = config_lib.model_config(config)
+  model_fn = vision_stage.probe_fn(model_config, config.seed)
+  model_state = None
+  if config.init.path:  # e.g. a Hugging Face VLM's tower would go here; echo workdirs only
+    model_state = checkpoint_lib.restore_sharded_model_state(
+      config.init.path, model_fn, mesh, rules
+    )
+  train, val = load_studies(config)
+  transform = vision_stage.vision_transform(config, model_config)
+  hooks = []
+  if config.eval_every and val:
+    hooks.append(vision_stage.make_auc_hook(val, transform, config.batch_size, mesh))
+  merge = model_config.vision.spatial_merge_size
+  return Task(
+    model_fn=model_fn,
+    loss_fn=vision_stage.vision_loss,
+    train_records=train,
+    eval_records=val,
+    transform=transform,
+    model_state=model_state,
+    tokens_per_example=int(config.data.max_patches) // merge**2,
+    metric_hooks=hooks,
   )

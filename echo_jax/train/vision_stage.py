@@ -102,7 +102,9 @@ def _jitted_forward(graphdef: nnx.GraphDef) -> Any:
 
 def label_aucs(scores_NT: np.ndarray, targets_NT: np.ndarray, mask_NT: np.ndarray) -> dict:
   """{"auc/<label>": AUC} over the 14 CheXpert labels (undefined ones left out) + the mean."""
-  aucs = per_label_auc(scores_NT[:, :NUM_LABELS], targets_NT[:, :NUM_LABELS], mask_NT[:, :NUM_LABELS])
+  aucs = per_label_auc(
+    scores_NT[:, :NUM_LABELS], targets_NT[:, :NUM_LABELS], mask_NT[:, :NUM_LABELS]
+  )
   out = {f"auc/{name}": a for name, a in zip(CHEXPERT_LABELS, aucs, strict=True) if a is not None}
   defined = [a for a in aucs if a is not None]
   out["auc/mean_14"] = float(np.mean(defined)) if defined else 0.0
