@@ -16,7 +16,7 @@ import pytest
 from echo_jax import config_lib, reproduce
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-STAGES = ("ar", "rad", "dcd_b4", "dcd_b8")
+STAGES = ("vision", "ar", "rad", "dcd_b4", "dcd_b8")
 
 
 def _overrides(workdir):
@@ -35,6 +35,7 @@ def _overrides(workdir):
       f"--config.stages.{s}.log_every=1",
       f"--config.stages.{s}.tensorboard=False",
     ]
+  out.append("--config.stages.vision.eval_every=2")  # the per-label AUC hook runs too
   return out
 
 
@@ -59,8 +60,19 @@ def test_main_job_end_to_end(tmp_path):
   results = json.loads((workdir / "results.json").read_text())
   rows = {r["name"]: r for r in results["models"]}
   config = config_lib.load(str(REPO / "configs/dcd.py"), ())
-  assert list(rows) == [row[0] for row in config.eval.rows]
-  for (_, stage, sampler, block), row in zip(config.eval.rows, results["models"]):
+  decoded = [*config.eval.rows, *config.eval.deranged_rows]
+  assert list(rows) == [row[0] for row in decoded] + [reproduce.CONSTANT_ROW]
+  constant = rows[reproduce.CONSTANT_ROW]
+  assert constant["tpf"] is None and constant["num_reports"] == 4
+  assert rows["AR, images of another study"]["images_of_another_study"]
+  swapped = [
+    json.loads(line)
+    for line in (workdir / "eval/predictions/ar__images_of_another_study.jsonl").open()
+  ]
+  own = [json.loads(line) for line in (workdir / "eval/predictions/ar.jsonl").open()]
+  assert [r["id"] for r in swapped] == [r["id"] for r in own]
+  assert all(a["images"] != b["images"] for a, b in zip(swapped, own))
+  for (_, stage, sampler, block), row in zip(decoded, results["models"]):
     assert (row["stage"], row["sampler"], row["block_len"]) == (stage, sampler, block)
     assert row["num_reports"] == 4
     assert row["tokens_per_second"] > 0 and row["ms_per_report"] > 0
