@@ -25,6 +25,7 @@ from etils import epath
 
 from echo_jax import config_lib
 from echo_jax.eval import coherence, controls
+from echo_jax.train import init_weights
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,19 @@ def stage_config(config: ml_collections.ConfigDict, name: str) -> ml_collections
     stage.dcd.teacher_path = _resolve(config, stage.dcd.teacher_path)
   if stage.init.get("vision_path"):
     stage.init.vision_path = _resolve(config, stage.init.vision_path)
+    if stage.init.path and init_weights.starts_from_hf(stage):
+      stage.init.vision_path = ""  # a pretrained Hugging Face VLM keeps its own tower
   return stage
+
+
+def tower_is_used(config: ml_collections.ConfigDict, vision_stage: str) -> bool:
+  """Whether a stage of the order takes its tower from `vision_stage` (see stage_config)."""
+  target = os.path.join(config.workdir, vision_stage)
+  return any(
+    stage_config(config, name).init.get("vision_path") == target
+    for name in config.order
+    if name != vision_stage
+  )
 
 
 def data_path(config: ml_collections.ConfigDict) -> str:
@@ -112,6 +125,9 @@ def train_stages(config: ml_collections.ConfigDict) -> None:
     )
     if done is not None and done >= stage.total_steps:
       log.info("%s: finished earlier in %s, reusing it", header, stage.workdir)
+      continue
+    if stage.stage == "vision" and not tower_is_used(config, name):
+      log.info("%s: skipped, the stages after it start from a pretrained VLM's tower", header)
       continue
     log.info("%s -> %s", header, stage.workdir)
     start = time.time()

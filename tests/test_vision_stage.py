@@ -128,3 +128,16 @@ def test_graft_refuses_a_tower_of_another_shape():
   probe = nnx.state(nnx.eval_shape(vision_stage.probe_fn(other, 0)))
   with pytest.raises(ValueError, match="same model.preset"):
     vision_stage.graft_vision(model, probe)
+
+
+def test_main_job_skips_the_vision_stage_for_a_pretrained_vlm(tmp_path):
+  config = config_lib.load(str(REPO / "configs/dcd.py"), [f"workdir={tmp_path}"])
+  assert reproduce.tower_is_used(config, "vision")
+  assert reproduce.stage_config(config, "ar").init.vision_path == str(tmp_path / "vision")
+  hf = tmp_path / "hf_vlm"
+  hf.mkdir()
+  (hf / "config.json").write_text("{}")
+  (hf / "model.safetensors").write_bytes(b"")
+  config.stages.ar.init.path = str(hf)
+  assert reproduce.stage_config(config, "ar").init.vision_path == ""
+  assert not reproduce.tower_is_used(config, "vision")
