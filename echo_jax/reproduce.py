@@ -25,7 +25,7 @@ from etils import epath
 
 from echo_jax import config_lib
 from echo_jax.eval import coherence, controls
-from echo_jax.train import init_weights
+from echo_jax.train import init_weights, vision_stage
 
 log = logging.getLogger(__name__)
 
@@ -336,20 +336,47 @@ def evaluate_models(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   result = evaluate_predictions(records, options=options)
   paths = write_outputs(result, records, os.path.join(config.workdir, "eval"))
   rows = summarize(config, result, records)
+  probe = vision_probe_auc(config)
   with open(os.path.join(config.workdir, "results.json"), "w") as f:
-    json.dump({"preset": config.preset, "seed": config.seed, "models": rows}, f, indent=2)
+    summary = {"preset": config.preset, "seed": config.seed, "models": rows}
+    json.dump({**summary, "vision_probe": probe}, f, indent=2)
   table = markdown_table(rows)
   with open(os.path.join(config.workdir, "results.md"), "w") as f:
     f.write(
       f"# ECHO on the synthetic benchmark ({config.preset}, seed {config.seed})\n\n"
       f"{len(rows)} models, {rows[0]['num_reports']} test studies each. "
       "Quality: rule-based CheXpert F1 and lexical metrics against the reference reports; "
+      "grammar-valid = share of generated sentences that are sentences of the benchmark's "
+      "grammar, exact findings = share of reports whose 14 labels all equal the reference's; "
       "speed: the samplers' stats on this machine (batch "
       f"{config.eval.batch_size}, first batch's compile excluded).\n\n{table}"
+      + (_probe_line(probe) if probe else "")
     )
   log.info("results:\n%s", table)
   log.info("wrote %s, %s and %s", "results.json", "results.md", paths["html"])
   return rows
+
+
+def vision_probe_auc(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+  """The vision stage's newest validation AUCs (train/vision_stage.py), if it ran."""
+  for name in config.order:
+    if config.stages[name].stage == "vision":
+      path = os.path.join(config.workdir, name, vision_stage.AUC_FILE)
+      if os.path.isfile(path):
+        with open(path) as f:
+          return json.load(f)
+  return None
+
+
+def _probe_line(probe: dict[str, Any]) -> str:
+  aucs = probe["auc"]
+  cells = ", ".join(
+    f"{k.removeprefix('auc/')} {v:.2f}" for k, v in aucs.items() if k != "auc/mean_14"
+  )
+  return (
+    f"\nVision tower probe (the vision stage's head on {probe['num_studies']} validation "
+    f"studies, step {probe['step']}): ROC AUC mean {aucs['auc/mean_14']:.3f}; {cells}.\n"
+  )
 
 
 def run(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:

@@ -166,7 +166,9 @@ def build_vision_task(
   transform = vision_stage.vision_transform(config, model_config)
   hooks = []
   if config.eval_every and val:
-    hooks.append(vision_stage.make_auc_hook(val, transform, config.batch_size, mesh))
+    hooks.append(
+      vision_stage.make_auc_hook(val, transform, config.batch_size, mesh, config.workdir)
+    )
   merge = model_config.vision.spatial_merge_size
   return Task(
     model_fn=model_fn,

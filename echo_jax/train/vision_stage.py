@@ -14,6 +14,7 @@ label (`eval/auc/<label>`) and their mean (`eval/auc/mean_14`).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -111,13 +113,24 @@ def label_aucs(scores_NT: np.ndarray, targets_NT: np.ndarray, mask_NT: np.ndarra
   return out
 
 
-def make_auc_hook(records: Sequence[Any], transform: VisionExamples, batch_size: int, mesh):
-  """hook(step, state, graphdef) -> per-label validation AUC (written as eval scalars)."""
+AUC_FILE = "vision_auc.json"  # the newest validation AUCs, beside the stage's checkpoints
+
+
+def make_auc_hook(
+  records: Sequence[Any], transform: VisionExamples, batch_size: int, mesh, workdir: str
+):
+  """hook(step, state, graphdef) -> per-label validation AUC (written as eval scalars).
+
+  The newest values also go to `<workdir>/vision_auc.json`, which the main job reports.
+  """
 
   def hook(step: int, state: TrainState, graphdef: nnx.GraphDef) -> dict[str, float]:
     params = nnx.merge_state(state.params, state.frozen)
     out = label_aucs(*predict_scores(graphdef, params, records, transform, batch_size, mesh))
     log.info("[%d] validation AUC, mean over the 14 labels: %.3f", step, out["auc/mean_14"])
+    if jax.process_index() == 0:
+      record = {"step": step, "num_studies": len(records), "auc": out}
+      (epath.Path(workdir) / AUC_FILE).write_text(json.dumps(record, indent=1))
     return out
 
   return hook
