@@ -141,3 +141,27 @@ def test_main_job_skips_the_vision_stage_for_a_pretrained_vlm(tmp_path):
   config.stages.ar.init.path = str(hf)
   assert reproduce.stage_config(config, "ar").init.vision_path == ""
   assert not reproduce.tower_is_used(config, "vision")
+
+
+def test_response_len_is_checked_against_the_longest_report():
+  import types
+
+  from echo_jax.data.study import Study
+
+  tokenizer = types.SimpleNamespace(
+    encode=lambda text: list(range(len(text.split()))), ids=types.SimpleNamespace(eos=0)
+  )
+
+  def study(i, words):
+    return Study(f"s{i}", (), (), " ".join(["w"] * words), "", "train")
+
+  # "Findings: <words> Impression:" is words + 2 tokens, + EOS.
+  studies = [study(0, 5), study(1, 11)]
+  config = config_lib.load(str(REPO / "configs/rad.py:tiny"), ["data.response_len=8"])
+  with pytest.raises(config_lib.ConfigError, match=r"cut 1 of 2 .*study s1, has 14 tokens.*=16"):
+    tasks.check_response_len(config, studies, tokenizer)
+  config.data.response_len = 16
+  tasks.check_response_len(config, studies, tokenizer)  # fits: no error
+  config.data.response_len = 8
+  config.data.allow_truncation = True
+  tasks.check_response_len(config, studies, tokenizer)

@@ -158,7 +158,7 @@ def build_vision_task(
   model_config = config_lib.model_config(config)
   model_fn = vision_stage.probe_fn(model_config, config.seed)
   model_state = None
-  if config.init.path:  # e.g. a Hugging Face VLM's tower would go here; echo workdirs only
+  if config.init.path:  # another vision-stage workdir (VisionProbe state) to continue from
     model_state = checkpoint_lib.restore_sharded_model_state(
       config.init.path, model_fn, mesh, rules
     )
