@@ -12,6 +12,7 @@ from PIL import Image
 from echo_jax import evaluate as cli
 from echo_jax.eval import bootstrap as bs
 from echo_jax.eval.pipeline import EvalOptions, evaluate_predictions, speed_summary
+from echo_jax.user_errors import UserError
 
 REFS = [
   ("s1", "The lungs are clear without focal consolidation.", "No acute cardiopulmonary process."),
@@ -111,7 +112,8 @@ def test_cli_writes_every_output(files, capsys):
   png = (out / "quality_vs_tpf.png").read_bytes()
   assert png[:8] == b"\x89PNG\r\n\x1a\n"
   page = (out / "report.html").read_text()
-  assert page.count("data:image/png;base64,") == 8 + 1  # one thumbnail per study card + the plot
+  assert page.count("data:image/jpeg;base64,") == 8  # one thumbnail per study card
+  assert page.count("data:image/png;base64,") == 1  # the plot
   assert "http://" not in page and "https://" not in page  # opens offline
   assert 'class="m pos dis"' in page or 'class="m neg dis"' in page  # disagreement marked
   assert "rule-based CheXpert F1" in page.lower() or "Rule-based CheXpert F1" in page
@@ -154,7 +156,7 @@ def test_api_validates_records():
 def test_cli_reports_missing_reference(files):
   root, preds = files
   (root / "refs_short.jsonl").write_text(json.dumps({"id": "s1", "reference": "x"}) + "\n")
-  with pytest.raises(ValueError, match="has no line in"):
+  with pytest.raises(UserError, match="id 's2' has no reference in .*ar.jsonl:2"):
     cli.main(
       [
         "--predictions",
