@@ -76,6 +76,12 @@ def _kind(value: Any) -> str:
   return "null" if value is None else _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
+def _a(value: Any) -> str:
+  """'a string', 'an array': the kind with its article."""
+  kind = _kind(value)
+  return ("an " if kind[0] in "aeiou" else "a ") + kind
+
+
 def _field(obj: Mapping[str, Any], key: str, kinds: tuple[type, ...], path: str, n: int) -> Any:
   """obj[key] when present, not null and of one of `kinds`; UserError otherwise."""
   want = " or ".join(dict.fromkeys(_TYPE_NAMES[k] for k in kinds))
@@ -85,7 +91,7 @@ def _field(obj: Mapping[str, Any], key: str, kinds: tuple[type, ...], path: str,
   if value is None:
     raise UserError(f"field {key!r} is null", where=path, line=n, fix=f"give a {want}")
   if not isinstance(value, kinds) or isinstance(value, bool):
-    raise UserError(f"field {key!r} is a {_kind(value)}", where=path, line=n, fix=f"give a {want}")
+    raise UserError(f"field {key!r} is {_a(value)}", where=path, line=n, fix=f"give a {want}")
   return value
 
 
@@ -100,7 +106,7 @@ def _image_paths(obj: Mapping[str, Any], path: str, n: int) -> None:
       continue
     if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
       raise UserError(
-        f"field {key!r} is a {_kind(value)}",
+        f"field {key!r} is {_a(value)}",
         where=path,
         line=n,
         fix="give a path string or an array of path strings",
@@ -113,14 +119,14 @@ def _stats(obj: Mapping[str, Any], path: str, n: int) -> None:
     return
   if not isinstance(stats, dict):
     raise UserError(
-      f"field 'stats' is a {_kind(stats)}", where=path, line=n, fix="give an object of numbers"
+      f"field 'stats' is {_a(stats)}", where=path, line=n, fix="give an object of numbers"
     )
   for key in STAT_KEYS:
     value = stats.get(key)
     if value is None:
       continue
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-      raise UserError(f"stats.{key} is a {_kind(value)}", where=path, line=n, fix="give a number")
+      raise UserError(f"stats.{key} is {_a(value)}", where=path, line=n, fix="give a number")
     if not math.isfinite(value) or value < 0:
       raise UserError(
         f"stats.{key} is {value}", where=path, line=n, fix="give a finite number >= 0"
@@ -205,7 +211,7 @@ def load_records(pred_paths: Sequence[str], ref_path: str | None) -> list[dict[s
           f"duplicate id {r['id']!r} for model {r['model']!r}",
           where=p,
           line=n,
-          why=f"also in {first[0]}:{first[1]}",
+          why=f"also on line {first[1]}" if first[0] == p else f"also in {first[0]}:{first[1]}",
           fix="give each study one prediction per model",
         )
       seen[key] = (p, n)
