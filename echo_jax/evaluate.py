@@ -171,6 +171,11 @@ def _progress_printer() -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """The command; returns the exit status (user errors print one line and give 2)."""
+  return run_cli(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
   args = parse_args(argv)
   conventions = _check_flags(args)
   records = load_records(args.predictions, args.references)
@@ -217,4 +222,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(run_cli(main))
+  sys.exit(main())
