@@ -69,6 +69,15 @@ def jar_path() -> str | None:
   return None
 
 
+def _is_numbers(line: str) -> bool:
+  parts = line.split()
+  try:
+    [float(x) for x in parts]
+  except ValueError:
+    return False
+  return bool(parts)
+
+
 class _Failed(Exception):
   """The jar did not answer as the protocol says; the message is the reason."""
 
@@ -145,6 +154,9 @@ class MeteorJar:
     lines = "".join(f"SCORE ||| {r} ||| {h}\n" for h, r in zip(hyps, refs))
     writer = self._send(lines.encode("utf-8"))
     stats = self._read(len(hyps), deadline, timeout_s)
+    for line in stats:  # each answer is a row of numbers; anything else is not METEOR
+      if not _is_numbers(line):
+        raise _Failed(f"unexpected answer from the jar: {line[:100]!r}")
     writer.join(max(deadline - time.monotonic(), 0.0))
     if writer.errors:  # type: ignore[attr-defined]
       raise _Failed(f"could not write to the jar: {writer.errors[0]}")  # type: ignore[attr-defined]
