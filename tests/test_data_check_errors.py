@@ -195,3 +195,22 @@ def test_format_synthetic_reads_the_benchmark(tmp_path):
   proc = _run("--format", "synthetic", "--root", str(tmp_path / "syn"))
   assert proc.returncode == 0, proc.stderr
   assert "studies: 6 usable" in proc.stdout and "labels: 6 studies" in proc.stdout
+
+
+def test_r2gen_field_types_are_checked(tmp_path):
+  root = tmp_path / "r2"
+  for sid in ("a", "b", "c", "d"):
+    _png(str(root / "images" / sid / "0.png"))
+  entries = [
+    {"id": "a", "report": "Findings: Clear. Impression: Normal.", "image_path": ["a/0.png"]},
+    {"id": "b", "report": ["not", "text"], "image_path": ["b/0.png"]},
+    {"id": "c", "report": "Clear.", "image_path": [["c/0.png"]]},
+    {"id": "d", "report": "Clear.", "image_path": ["d/0.png"], "study_id": {"x": 1}},
+  ]
+  (root / "annotation.json").write_text(json.dumps({"train": entries, "val": [], "test": []}))
+  proc = _run("--format", "r2gen", "--root", str(root), "--max-bad-fraction", "1")
+  assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+  assert "skipped b: bad_field: report is a list, not text" in proc.stdout
+  assert "skipped c: missing_field: image path ['c/0.png'] is not a non-empty string" in proc.stdout
+  assert "skipped d: bad_field: study_id is an object, not a string or number" in proc.stdout
+  assert "studies: 1 usable" in proc.stdout

@@ -137,6 +137,9 @@ def read_r2gen(
               "bad_labels", f"{labels_path}: label {bad[0]!r} is {study_labels[bad[0]]!r}"
             )
         meta = {k: entry[k] for k in ("study_id", "subject_id") if k in entry} or None
+        for k, v in (meta or {}).items():
+          if isinstance(v, bool) or not isinstance(v, str | int):
+            raise EntrySkip("bad_field", f"{k} is {json_kind(v)}, not a string or number")
         studies.append(
           make_study(
             study_id,
