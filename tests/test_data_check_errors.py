@@ -108,7 +108,14 @@ def _rexrank(root, image_path):
       "section_findings": "Clear.",
       "section_impression": "Normal.",
     },
-    "CXR2": {"image_path": image_path, "section_findings": "Clear.", "section_impression": "N."},
+    # With a key image, key_image_only looked the key up among the paths: a list among
+    # them raised "unhashable type: 'list'".
+    "CXR2": {
+      "image_path": image_path,
+      "key_image_path": "CXR2/0.png",
+      "section_findings": "Clear.",
+      "section_impression": "N.",
+    },
   }
   with open(os.path.join(root, "rexrank_test.json"), "w") as f:
     json.dump(data, f)
