@@ -2,7 +2,8 @@
 
   python -m echo_jax.evaluate --predictions P.jsonl [P2.jsonl ...] [--references R.jsonl] \\
       --out DIR [--images-root ROOT] [--semscore-model DIR] \\
-      [--ratescore-model DIR [--ratescore-embed-model DIR]] [--uncertain positive|negative]
+      [--ratescore-model DIR [--ratescore-embed-model DIR]] [--uncertain positive|negative] \\
+      [--no-meteor | --meteor-timeout SECONDS]
 
 Prediction lines: {"id", "prediction", "reference" (unless --references),
 "model" (optional; default: the file name), "stats" (optional: tpf,
@@ -12,7 +13,11 @@ as "Findings: ... Impression: ..."), plus optional "image_path".
 
 Writes DIR/metrics.json, DIR/per_study.jsonl, DIR/per_study.csv, DIR/report.html
 and DIR/quality_vs_tpf.png (when the records carry TPF). SemScore and RaTEScore
-use local model directories only and are "n/a" without them.
+use local model directories only and are "n/a" without them; a metric that cannot
+be computed (METEOR past --meteor-timeout, say) is "n/a" with its reason under
+"notes" and never stops the others. A bad file or flag is one line
+"error: <what> in <file>[:<line>]: <why>; <what to do>" and exit status 2
+(docs/EVALUATION.md lists the checks).
 """
 
 from __future__ import annotations
