@@ -2,7 +2,8 @@
 
   python -m echo_jax.evaluate --predictions P.jsonl [P2.jsonl ...] [--references R.jsonl] \\
       --out DIR [--images-root ROOT] [--semscore-model DIR] \\
-      [--ratescore-model DIR [--ratescore-embed-model DIR]] [--uncertain positive|negative]
+      [--ratescore-model DIR [--ratescore-embed-model DIR]] [--uncertain positive|negative] \\
+      [--no-meteor | --meteor-timeout SECONDS]
 
 Prediction lines: {"id", "prediction", "reference" (unless --references),
 "model" (optional; default: the file name), "stats" (optional: tpf,
@@ -12,7 +13,11 @@ as "Findings: ... Impression: ..."), plus optional "image_path".
 
 Writes DIR/metrics.json, DIR/per_study.jsonl, DIR/per_study.csv, DIR/report.html
 and DIR/quality_vs_tpf.png (when the records carry TPF). SemScore and RaTEScore
-use local model directories only and are "n/a" without them.
+use local model directories only and are "n/a" without them; a metric that cannot
+be computed (METEOR past --meteor-timeout, say) is "n/a" with its reason under
+"notes" and never stops the others. A bad file or flag is one line
+"error: <what> in <file>[:<line>]: <why>; <what to do>" and exit status 2
+(docs/EVALUATION.md lists the checks).
 """
 
 from __future__ import annotations
@@ -22,64 +27,19 @@ import csv
 import json
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from echo_jax.eval.html_report import render_html
+from echo_jax.eval.lexical import CONVENTIONS
 from echo_jax.eval.pipeline import EvalOptions, evaluate_predictions
+from echo_jax.eval.plots import quality_vs_tpf_png
+from echo_jax.eval.records import load_records, read_jsonl
+from echo_jax.eval.safe_text import displayable
+from echo_jax.user_errors import UserError, run_cli
 
-__all__ = ["evaluate_predictions", "main", "read_jsonl", "write_outputs"]
-
-
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-  """Reads a JSON-lines file; raises with the line number on malformed input."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"no such file: {path!r}")
-  out = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        out.append(json.loads(line))
-      except json.JSONDecodeError as e:
-        raise ValueError(
-          f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object"
-        ) from e
-  return out
-
-
-def _reference_text(r: Mapping[str, Any]) -> str:
-  if "reference" in r:
-    return r["reference"]
-  if "findings" in r or "impression" in r:
-    return f"Findings: {(r.get('findings') or '').strip()} Impression: {(r.get('impression') or '').strip()}"
-  raise ValueError(
-    f"reference record {r.get('id')!r} has neither 'reference' nor 'findings'/'impression'"
-  )
-
-
-def load_records(pred_paths: Sequence[str], ref_path: str | None) -> list[dict[str, Any]]:
-  """Prediction records with references attached and a model name on each."""
-  refs = None
-  if ref_path:
-    refs = {str(r["id"]): r for r in read_jsonl(ref_path)}
-  records = []
-  for p in pred_paths:
-    default_model = os.path.splitext(os.path.basename(p))[0] if len(pred_paths) > 1 else None
-    for r in read_jsonl(p):
-      r = dict(r)
-      if default_model and not r.get("model"):
-        r["model"] = default_model
-      if refs is not None:
-        ref = refs.get(str(r.get("id")))
-        if ref is None:
-          raise ValueError(f"{p}: id {r.get('id')!r} has no line in {ref_path}")
-        r["reference"] = _reference_text(ref)
-        for k in ("image_path", "images"):
-          if k in ref and k not in r:
-            r[k] = ref[k]
-      records.append(r)
-  return records
+__all__ = ["evaluate_predictions", "load_records", "main", "read_jsonl", "write_outputs"]
 
 
 _CSV_SKIP = ("labels_prediction", "labels_reference")
@@ -93,9 +53,6 @@ def write_outputs(
   max_studies: int = 100,
 ) -> dict[str, str]:
   """Writes metrics.json, per-study jsonl/csv, report.html and the TPF plot; returns their paths."""
-  from echo_jax.eval.html_report import render_html
-  from echo_jax.eval.plots import quality_vs_tpf_png
-
   os.makedirs(out_dir, exist_ok=True)
   paths = {
     k: os.path.join(out_dir, f)
@@ -117,7 +74,7 @@ def write_outputs(
   cols = []
   for row in rows:
     cols.extend(k for k in row if k not in _CSV_SKIP and k not in cols)
-  with open(paths["per_study_csv"], "w", newline="") as f:
+  with open(paths["per_study_csv"], "w", newline="", encoding="utf-8") as f:
     w = csv.writer(f)
     w.writerow(
       cols
@@ -126,7 +83,7 @@ def write_outputs(
     )
     for row in rows:
       w.writerow(
-        [row.get(c, "") for c in cols]
+        [displayable(v) if isinstance(v, str) else v for v in (row.get(c, "") for c in cols)]
         + list(row["labels_prediction"].values())
         + list(row["labels_reference"].values())
       )
@@ -164,6 +121,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   )
   p.add_argument("--conventions", default="r2gen,echo", help="lexical conventions, comma separated")
   p.add_argument("--no-meteor", action="store_true", help="skip METEOR (needs java)")
+  p.add_argument(
+    "--meteor-timeout",
+    type=float,
+    default=EvalOptions.meteor_timeout_s,
+    help="seconds one METEOR call may take; past it METEOR is reported as not computed",
+  )
   p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--device", default="cpu", help="torch device for SemScore/RaTEScore")
@@ -171,12 +134,62 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
+def _check_flags(args: argparse.Namespace) -> tuple[str, ...]:
+  """User errors for flags, found before any file is read; returns the conventions."""
+  conventions = tuple(c.strip() for c in args.conventions.split(",") if c.strip())
+  bad = [c for c in conventions if c not in CONVENTIONS]
+  if bad or not conventions:
+    raise UserError(
+      f"unknown lexical convention {bad[0]!r} in --conventions" if bad else "empty --conventions",
+      fix=f"choose from {', '.join(CONVENTIONS)}",
+    )
+  for flag, value, low in (
+    ("--n-boot", args.n_boot, 1),
+    ("--max-studies", args.max_studies, 0),
+  ):
+    if value < low:
+      raise UserError(
+        f"{flag} {value}", why=f"must be at least {low}", fix=f"pass {flag} {low} or more"
+      )
+  if not args.meteor_timeout > 0:
+    raise UserError(f"--meteor-timeout {args.meteor_timeout}", fix="pass a number of seconds > 0")
+  for flag, value in (
+    ("--semscore-model", args.semscore_model),
+    ("--ratescore-model", args.ratescore_model),
+    ("--ratescore-embed-model", args.ratescore_embed_model),
+    ("--images-root", args.images_root),
+  ):
+    if value is not None and not os.path.isdir(value):
+      raise UserError(f"no directory {value!r} for {flag}", fix="pass an existing local directory")
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    raise UserError("--out is a file", where=args.out, fix="pass a directory (created if missing)")
+  return conventions
+
+
+def _progress_printer() -> Any:
+  start = time.monotonic()
+
+  def show(line: str) -> None:
+    print(f"[{time.monotonic() - start:6.1f} s] {displayable(line)}", file=sys.stderr, flush=True)
+
+  return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+  """The command; returns the exit status (user errors print one line and give 2)."""
+  return run_cli(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
   args = parse_args(argv)
+  conventions = _check_flags(args)
   records = load_records(args.predictions, args.references)
+  progress = _progress_printer()
+  progress(f"read {len(records)} records from {len(args.predictions)} file(s)")
   opts = EvalOptions(
-    conventions=tuple(c.strip() for c in args.conventions.split(",") if c.strip()),
+    conventions=conventions,
     meteor=not args.no_meteor,
+    meteor_timeout_s=args.meteor_timeout,
     uncertain=args.uncertain,
     n_boot=args.n_boot,
     seed=args.seed,
@@ -185,18 +198,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     ratescore_embed_model=args.ratescore_embed_model,
     device=args.device,
   )
-  result = evaluate_predictions(records, options=opts)
-  paths = write_outputs(
-    result, records, args.out, images_root=args.images_root, max_studies=args.max_studies
-  )
+  result = evaluate_predictions(records, options=opts, progress=progress)
+  progress("writing outputs")
+  try:
+    paths = write_outputs(
+      result, records, args.out, images_root=args.images_root, max_studies=args.max_studies
+    )
+  except OSError as e:
+    raise UserError(
+      "cannot write the outputs",
+      where=e.filename or args.out,
+      why=e.strerror or str(e),
+      fix="pass a writable --out directory",
+    ) from None
   for name, m in result["models"].items():
     shown = {
       k: (round(v, 4) if v is not None else "n/a")
       for k, v in m["metrics"].items()
       if "/f1/" not in k
     }
-    print(f"{name} (N={m['n']}): {json.dumps(shown)}")
-    print(f"{name} speed: {json.dumps(m['speed'])}")
+    print(f"{displayable(name)} (N={m['n']}): {json.dumps(shown)}")
+    print(f"{displayable(name)} speed: {json.dumps(m['speed'])}")
+  for metric, why in result["notes"].items():
+    if metric not in ("semscore", "ratescore") or "no local model" not in why:
+      print(f"note: {metric}: {displayable(why)}")
   print("wrote " + ", ".join(paths.values()))
   return 0
 

@@ -111,7 +111,8 @@ def test_cli_writes_every_output(files, capsys):
   png = (out / "quality_vs_tpf.png").read_bytes()
   assert png[:8] == b"\x89PNG\r\n\x1a\n"
   page = (out / "report.html").read_text()
-  assert page.count("data:image/png;base64,") == 8 + 1  # one thumbnail per study card + the plot
+  assert page.count("data:image/jpeg;base64,") == 8  # one thumbnail per study card
+  assert page.count("data:image/png;base64,") == 1  # the plot
   assert "http://" not in page and "https://" not in page  # opens offline
   assert 'class="m pos dis"' in page or 'class="m neg dis"' in page  # disagreement marked
   assert "rule-based CheXpert F1" in page.lower() or "Rule-based CheXpert F1" in page
@@ -151,10 +152,10 @@ def test_api_validates_records():
     evaluate_predictions([])
 
 
-def test_cli_reports_missing_reference(files):
+def test_cli_reports_missing_reference(files, capsys):
   root, preds = files
   (root / "refs_short.jsonl").write_text(json.dumps({"id": "s1", "reference": "x"}) + "\n")
-  with pytest.raises(ValueError, match="has no line in"):
+  assert (
     cli.main(
       [
         "--predictions",
@@ -166,6 +167,10 @@ def test_cli_reports_missing_reference(files):
         *FAST,
       ]
     )
+    == 2
+  )
+  err = capsys.readouterr().err
+  assert "error: id 's2' has no reference in" in err and "ar.jsonl:2" in err
 
 
 def test_speed_summary_prefers_totals():

@@ -1,6 +1,7 @@
 """Data doctor: read a dataset through the real readers and image code and report on it.
 
   python -m echo_jax.data.check --format r2gen --root /data/iu_xray
+  python -m echo_jax.data.check --format synthetic --root workdir/tiny/synthetic
   python -m echo_jax.data.check --format mimic-cxr-jpg --root /data/mimic-cxr-jpg \\
       --arg reports_root=/data/mimic-cxr --arg views=frontal --tokenizer /models/Lingshu-7B
   python -m echo_jax.data.check --format rexgradient --root /data/rexgradient \\
@@ -10,7 +11,10 @@ Prints the number of studies and images per split, views, report lengths (tokens
 --tokenizer, else words), vision tokens per study, and every skipped study with its
 reason (reader skips such as missing images or empty reports, and image skips such as
 truncated files or decompression bombs). Exits 1 when the skipped fraction exceeds
---max-bad-fraction, 2 when the dataset cannot be read at all (wrong root or format).
+--max-bad-fraction, 2 with one line `error: <what> in <file>[:<line>]: <why>; <what to
+do>` when the dataset cannot be read at all (wrong root or format, a damaged file, a
+bad flag). `synthetic` is the benchmark `python -m echo_jax.data.synthetic` writes (an
+R2Gen layout with labels), read without writing anything.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import argparse
 import collections
 import concurrent.futures
 import dataclasses
+import inspect
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -29,6 +35,11 @@ from echo_jax.data.images import BadImageError, ImageConfig, load_image, preproc
 from echo_jax.data.readers import READERS, RexGradientFields, read_dataset
 from echo_jax.data.study import SkipLog, Study
 from echo_jax.data.tokenizer import Tokenizer, encode_prompt, encode_report, load_tokenizer
+from echo_jax.user_errors import UserError, run_cli
+
+# Dataset names the data doctor takes besides the reader formats, and the reader they use.
+ALIASES = {"synthetic": "r2gen"}
+FORMATS = tuple(sorted(READERS)) + tuple(ALIASES)
 
 
 @dataclasses.dataclass
@@ -74,7 +85,8 @@ def check_dataset(
   """Read and verify a dataset; never raises for bad entries (see CheckReport.skips)."""
   image_config = image_config or ImageConfig()
   reader_log = SkipLog(f"check {format}", max_bad_fraction=1.0, log_first=0)
-  studies = read_dataset(format, root, skips=reader_log, **(reader_kwargs or {}))
+  reader = ALIASES.get(format, format)
+  studies = read_dataset(reader, root, skips=reader_log, **(reader_kwargs or {}))
   if limit is not None:
     studies = studies[:limit]
   log = SkipLog(f"check {format}", max_bad_fraction=1.0, log_first=0)  # printed, not logged
@@ -168,16 +180,91 @@ def _reader_arg(text: str) -> tuple[str, object]:
     parsed = json.loads(value)
   except json.JSONDecodeError:
     parsed = value
-  if key == "fields" and isinstance(parsed, dict):
-    parsed = RexGradientFields(**parsed)
   return key, parsed
 
 
+# The type a reader option needs, from its annotation (the readers use these spellings).
+_ANNOTATION_TYPES = {
+  "bool": (bool,),
+  "int | None": (int, type(None)),
+  "str | None": (str, type(None)),
+}
+
+
+def reader_kwargs(format: str, args: Sequence[tuple[str, object]]) -> dict[str, object]:
+  """--arg key=value pairs checked against the reader's keyword arguments."""
+  reader = READERS[ALIASES.get(format, format)]
+  params = {
+    name: p
+    for name, p in inspect.signature(reader).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "skips"
+  }
+  out: dict[str, object] = {}
+  for key, value in args:
+    if key not in params:
+      raise UserError(
+        f"--arg {key}: {format} has no option {key!r}", fix=f"use one of {', '.join(params)}"
+      )
+    if key == "fields":
+      if not isinstance(value, dict):
+        raise UserError(
+          "--arg fields", why="not a JSON object", fix='pass fields={"images": "..."}'
+        )
+      try:
+        value = RexGradientFields(**value)
+      except TypeError:
+        known = ", ".join(f.name for f in dataclasses.fields(RexGradientFields))
+        raise UserError("--arg fields", why="unknown key", fix=f"use keys among {known}") from None
+      if not all(isinstance(v, str) for v in dataclasses.astuple(value)):
+        raise UserError("--arg fields", why="a value is not a string", fix="give key names")
+    kinds = _ANNOTATION_TYPES.get(str(params[key].annotation))
+    if kinds and (not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool))):
+      raise UserError(
+        f"--arg {key}={value!r}",
+        why=f"needs {' or '.join('null' if k is type(None) else k.__name__ for k in kinds)}",
+        fix=f"pass e.g. --arg {key}=true" if kinds == (bool,) else "pass a JSON value of that type",
+      )
+    out[key] = value
+  return out
+
+
+def _tokenizer(path: str) -> Tokenizer:
+  if not os.path.exists(path):
+    raise UserError(f"no tokenizer at {path!r} for --tokenizer", fix="pass a local directory")
+  try:
+    return load_tokenizer(path)
+  except Exception as e:  # the tokenizers library raises a bare Exception for malformed files
+    raise UserError(
+      "cannot load the tokenizer", where=path, why=str(e), fix="pass a tokenizer.json or its folder"
+    ) from None
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+  if not os.path.isdir(args.root):
+    raise UserError(f"no directory {args.root!r} for --root", fix="pass the dataset folder")
+  if not 0.0 <= args.max_bad_fraction <= 1.0:
+    raise UserError(f"--max-bad-fraction {args.max_bad_fraction}", fix="pass a value in [0, 1]")
+  for flag, value, low in (("--limit", args.limit, 1), ("--workers", args.workers, 1)):
+    if value is not None and value < low:
+      raise UserError(f"{flag} {value}", fix=f"pass {low} or more")
+  try:
+    ImageConfig(
+      min_pixels=args.min_pixels, max_pixels=args.max_pixels, max_image_pixels=args.max_image_pixels
+    )
+  except ValueError as e:
+    raise UserError("bad --min-pixels / --max-pixels / --max-image-pixels", why=str(e)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+  """The command; returns the exit status (user errors print one line and give 2)."""
+  return run_cli(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
   parser = argparse.ArgumentParser(
     prog="python -m echo_jax.data.check", description=__doc__.split("\n")[0]
   )
-  parser.add_argument("--format", required=True, choices=sorted(READERS))
+  parser.add_argument("--format", required=True, choices=FORMATS)
   parser.add_argument("--root", required=True, help="dataset folder")
   parser.add_argument("--tokenizer", help="local tokenizer directory: report lengths in tokens")
   parser.add_argument(
@@ -201,25 +288,23 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--workers", type=int, default=4)
   args = parser.parse_args(argv)
 
-  try:
-    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-    config = ImageConfig(
-      min_pixels=args.min_pixels, max_pixels=args.max_pixels, max_image_pixels=args.max_image_pixels
-    )
-    report = check_dataset(
-      args.format,
-      args.root,
-      tokenizer=tokenizer,
-      reader_kwargs=dict(args.arg),
-      image_config=config,
-      decode_images=not args.no_images,
-      full_preprocess=args.full_preprocess,
-      limit=args.limit,
-      workers=args.workers,
-    )
-  except (ValueError, TypeError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  _check_flags(args)
+  kwargs = reader_kwargs(args.format, args.arg)
+  tokenizer = _tokenizer(args.tokenizer) if args.tokenizer else None
+  config = ImageConfig(
+    min_pixels=args.min_pixels, max_pixels=args.max_pixels, max_image_pixels=args.max_image_pixels
+  )
+  report = check_dataset(
+    args.format,
+    args.root,
+    tokenizer=tokenizer,
+    reader_kwargs=kwargs,
+    image_config=config,
+    decode_images=not args.no_images,
+    full_preprocess=args.full_preprocess,
+    limit=args.limit,
+    workers=args.workers,
+  )
   print(format_report(report))
   if report.skips.bad_fraction > args.max_bad_fraction:
     print(

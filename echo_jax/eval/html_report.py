@@ -16,8 +16,12 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from PIL import Image
+
+from echo_jax.data.images import BadImageError, load_image
 from echo_jax.eval.chexpert_labeler import NEGATIVE, POSITIVE, CheXpertLabeler
 from echo_jax.eval.chexpert_phrases import OBSERVATIONS
+from echo_jax.eval.safe_text import displayable
 
 SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
   ("r2gen/bleu_1", "BLEU-1"),
@@ -128,23 +132,30 @@ def _binary(v: int | None, uncertain: str) -> bool:
   return v == 1 or (v == -1 and uncertain == "positive")
 
 
-def thumbnail_data_uri(path: str, size: int = 240) -> str | None:
-  """PNG data URI of a grey-scale thumbnail, or None when the file cannot be read."""
-  try:
-    from PIL import Image
+def thumbnail(path: str, size: int = 200) -> tuple[str | None, str | None]:
+  """(JPEG data URI of a grey-scale thumbnail, None) or (None, why it cannot be read).
 
-    with Image.open(path) as im:
-      im = im.convert("L")
-      im.thumbnail((size, size))
-      buf = io.BytesIO()
-      im.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-  except Exception:  # any unreadable image is shown as missing, not fatal for the report
-    return None
+  Goes through echo_jax's image loader, so DICOM files (windowing, MONOCHROME1)
+  look as the model saw them.
+  """
+  try:
+    im = load_image(path).convert("L")
+  except BadImageError as e:  # an unreadable image is shown as such, not fatal for the report
+    return None, e.reason
+  except OSError as e:
+    return None, e.strerror or type(e).__name__
+  im.thumbnail((size, size), Image.Resampling.LANCZOS)
+  buf = io.BytesIO()
+  im.save(buf, format="JPEG", quality=85)  # JPEG: a report of hundreds of cards stays small
+  return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(), None
 
 
 def image_paths(record: Mapping[str, Any], images_root: str | None) -> list[str]:
-  """Image paths of a record (``image_path`` or ``images``; str or list) joined to the root."""
+  """Image paths of a record (``image_path`` or ``images``; str or list) joined to the root.
+
+  Without a root, relative paths are taken as they are (relative to the working
+  directory), which is how `generate` and the main job write them.
+  """
   raw = record.get("image_path", record.get("images"))
   if raw is None:
     return []
@@ -160,20 +171,22 @@ def _card(
   labeler: CheXpertLabeler,
   uncertain: str,
   images_root: str | None,
+  thumbs_cache: dict[str, tuple[str | None, str | None]],
 ) -> str:
   lp, lr = row["labels_prediction"], row["labels_reference"]
   disagree = {o for o in OBSERVATIONS if _binary(lp[o], uncertain) != _binary(lr[o], uncertain)}
-  thumbs = ""
-  if images_root is not None:
-    imgs = []
-    for p in image_paths(rec, images_root):
-      uri = thumbnail_data_uri(p)
-      imgs.append(
-        f'<img src="{uri}" alt="{html.escape(os.path.basename(p))}">'
-        if uri
-        else f'<span class="na">[{html.escape(os.path.basename(p))}: unreadable]</span>'
-      )
-    thumbs = f'<div class="thumbs">{"".join(imgs)}</div>' if imgs else ""
+  imgs = []
+  for p in image_paths(rec, images_root):
+    if p not in thumbs_cache:
+      thumbs_cache[p] = thumbnail(p)
+    uri, why = thumbs_cache[p]
+    name = html.escape(os.path.basename(p))
+    imgs.append(
+      f'<img src="{uri}" alt="{name}">'
+      if uri
+      else f'<span class="na">[{name}: {html.escape(why)}]</span>'
+    )
+  thumbs = f'<div class="thumbs">{"".join(imgs)}</div>' if imgs else ""
   chips = "".join(f"<span>{html.escape(o)}</span>" for o in OBSERVATIONS if o in disagree)
   chips = (
     f'<div class="chips">disagree: {chips}</div>'
@@ -210,6 +223,7 @@ def render_html(
   uncertain = result["options"]["uncertain"]
   by_key = {(str(r.get("model") or "model"), str(r["id"])): r for r in records}
   cards, shown = [], {}
+  thumbs_cache: dict[str, tuple[str | None, str | None]] = {}  # models share a study's images
   # Worst studies first within each model: least label agreement, then lowest ROUGE-L.
   order = sorted(
     result["per_study"],
@@ -226,19 +240,25 @@ def render_html(
     if rec is None:
       continue
     shown[row["model"]] = shown.get(row["model"], 0) + 1
-    cards.append(_card(rec, row, labeler, uncertain, images_root))
+    cards.append(_card(rec, row, labeler, uncertain, images_root, thumbs_cache))
   nc = result.get("not_computed") or []
   nc_html = f'<p class="note">Not computed (n/a): {html.escape(", ".join(nc))}.</p>' if nc else ""
+  notes = result.get("notes") or {}
+  if notes:
+    items = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in notes.items())
+    nc_html += f'<ul class="note">{items}</ul>'
+  n_studies = len({row["id"] for row in result["per_study"]})
+  n_reports = len(result["per_study"])
   plot = (
     f'<img alt="quality vs TPF" src="data:image/png;base64,{base64.b64encode(plot_png).decode()}">'
     if plot_png
     else '<p class="note">No TPF figures in the records\' stats: nothing to plot.</p>'
   )
   opts = result["options"]
-  return f"""<!DOCTYPE html>
+  page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style></head>
 <body><h1>{html.escape(title)}</h1>
-<p class="note">{sum(m["n"] for m in models.values())} studies, {len(models)} model(s). Lexical conventions:
+<p class="note">{n_studies} studies, {len(models)} model(s), {n_reports} reports. Lexical conventions:
 {html.escape(", ".join(opts["conventions"]))}. Rule-based CheXpert F1 with uncertain labels counted as
 {html.escape(uncertain)}. {int(100 * (1 - opts["alpha"]))}% bootstrap intervals over studies ({opts["n_boot"]} resamples).</p>
 {nc_html}
@@ -252,3 +272,4 @@ def render_html(
 {"".join(cards)}
 </body></html>
 """
+  return displayable(page)  # any text the records held can be written as UTF-8

@@ -35,11 +35,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from echo_jax.eval.meteor import DEFAULT_MAX_WORDS, MeteorOutcome
+from echo_jax.eval.meteor import DEFAULT_TIMEOUT_S as DEFAULT_METEOR_TIMEOUT_S
+from echo_jax.eval.meteor import meteor as run_meteor
+
 CONVENTIONS = ("r2gen", "echo")
 BLEU_STATS_COLS = 10  # testlen, reflen, guess_1..4, correct_1..4
 
 _log = logging.getLogger(__name__)
-_METEOR = None  # cached pycocoevalcap Meteor (a running java process)
 
 
 @dataclasses.dataclass
@@ -55,6 +58,7 @@ class LexicalResult:
   corpus: dict[str, float | None]
   per_study: dict[str, np.ndarray]
   bleu_stats: np.ndarray
+  notes: dict[str, str] = dataclasses.field(default_factory=dict)  # metric -> why n/a / caveat
 
 
 def r2gen_clean(report: str) -> str:
@@ -140,30 +144,25 @@ def java_available() -> bool:
   return shutil.which("java") is not None
 
 
-def meteor_scores(preds: Sequence[str], refs: Sequence[str]) -> tuple[float, np.ndarray] | None:
-  """METEOR 1.5 (pycocoevalcap jar) corpus score and per-study scores, or None.
-
-  Returns None (metric reported as not computed) when java is missing or the jar
-  fails; the reason is logged.
-  """
+def meteor_outcome(
+  preds: Sequence[str], refs: Sequence[str], timeout_s: float = DEFAULT_METEOR_TIMEOUT_S
+) -> MeteorOutcome:
+  """METEOR 1.5 (pycocoevalcap jar) with the reason when it is not computed (meteor.py)."""
   if not java_available():
-    _log.warning("METEOR not computed: no java executable on PATH")
-    return None
-  global _METEOR
-  try:
-    if _METEOR is None:
-      from pycocoevalcap.meteor.meteor import Meteor
+    return MeteorOutcome(None, None, "no java executable on PATH")
+  # Empty hypotheses become "." as in pycocoevalcap's usage (the jar needs a word).
+  return run_meteor([p if p.strip() else "." for p in preds], refs, timeout_s=timeout_s)
 
-      # One jar process per Python process: starting it loads a 60 MB paraphrase table.
-      _METEOR = Meteor()
-    gts = {i: [r] for i, r in enumerate(refs)}
-    res = {i: [p if p.strip() else "."] for i, p in enumerate(preds)}
-    score, scores = _METEOR.compute_score(gts, res)
-    return float(score), np.asarray(scores, np.float64)
-  except Exception as e:  # the jar is an external process: any failure means "not computed"
-    _log.warning("METEOR not computed: %s", e)
-    _METEOR = None
+
+def meteor_scores(
+  preds: Sequence[str], refs: Sequence[str], timeout_s: float = DEFAULT_METEOR_TIMEOUT_S
+) -> tuple[float, np.ndarray] | None:
+  """METEOR corpus score and per-study scores, or None when not computed (reason logged)."""
+  out = meteor_outcome(preds, refs, timeout_s)
+  if out.score is None:
+    _log.warning("METEOR not computed: %s", out.reason)
     return None
+  return out.score, out.per_study
 
 
 def cider_d_scores(preds: Sequence[str], refs: Sequence[str]) -> tuple[float, np.ndarray]:
@@ -194,6 +193,7 @@ def lexical_metrics(
   refs: Sequence[str],
   convention: str = "r2gen",
   meteor: bool = True,
+  meteor_timeout_s: float = DEFAULT_METEOR_TIMEOUT_S,
 ) -> LexicalResult:
   """Lexical metrics of predictions against references under one convention.
 
@@ -202,6 +202,7 @@ def lexical_metrics(
     refs: reference reports, same order.
     convention: ``"r2gen"`` or ``"echo"`` (module docstring).
     meteor: compute METEOR (starts the java jar, ~5 s); False reports it as None.
+    meteor_timeout_s: bound on one METEOR call; past it METEOR is None with the reason.
 
   Returns:
     LexicalResult with metrics bleu_1..bleu_4, meteor, rouge_l, cider_d, and for the
@@ -220,12 +221,23 @@ def lexical_metrics(
     corpus[f"bleu_{k + 1}"] = float(corpus_bleu[k])
     per[f"bleu_{k + 1}"] = per_bleu[:, k]
 
-  met = meteor_scores(p_tok, r_tok) if meteor else None
-  if met is None:
+  notes: dict[str, str] = {}
+  if not meteor:
     corpus["meteor"] = None
+    notes["meteor"] = "not computed: switched off"
   else:
-    corpus["meteor"] = met[0] if convention == "r2gen" else float(np.mean(met[1]))
-    per["meteor"] = met[1]
+    met = meteor_outcome(p_tok, r_tok, meteor_timeout_s)
+    if met.score is None:
+      _log.warning("METEOR not computed: %s", met.reason)
+      corpus["meteor"] = None
+      notes["meteor"] = f"not computed: {met.reason}"
+    else:
+      corpus["meteor"] = met.score if convention == "r2gen" else float(np.mean(met.per_study))
+      per["meteor"] = met.per_study
+      if met.truncated:
+        notes["meteor"] = (
+          f"{met.truncated} text(s) longer than {DEFAULT_MAX_WORDS} words cut to that length"
+        )
 
   if convention == "r2gen":
     from pycocoevalcap.rouge.rouge import Rouge
@@ -247,4 +259,6 @@ def lexical_metrics(
   c_mean, c_per = cider_d_scores(p_tok, r_tok)
   corpus["cider_d"] = c_mean
   per["cider_d"] = c_per
-  return LexicalResult(convention=convention, corpus=corpus, per_study=per, bleu_stats=stats)
+  return LexicalResult(
+    convention=convention, corpus=corpus, per_study=per, bleu_stats=stats, notes=notes
+  )

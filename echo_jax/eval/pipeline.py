@@ -15,9 +15,10 @@ conventions (lexical.py), ``chexpert/<f1 key>`` for rule-based CheXpert F1
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,11 +27,18 @@ from echo_jax.eval import bootstrap as bs
 from echo_jax.eval.chexpert_labeler import CheXpertLabeler
 from echo_jax.eval.chexpert_phrases import OBSERVATIONS
 from echo_jax.eval.clinical import IDX5, IDX14, binarize, clinical_f1, f1_counts, f1_from_counts
-from echo_jax.eval.lexical import CONVENTIONS, bleu_from_stats, lexical_metrics
+from echo_jax.eval.lexical import (
+  CONVENTIONS,
+  DEFAULT_METEOR_TIMEOUT_S,
+  bleu_from_stats,
+  lexical_metrics,
+)
 from echo_jax.eval.ratescore import RaTEScorer
 from echo_jax.eval.semscore import SemScorer
 
 DEFAULT_MODEL = "model"
+_log = logging.getLogger(__name__)
+Progress = Callable[[str], None]  # receives one line per step of a long evaluation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +47,7 @@ class EvalOptions:
 
   conventions: tuple[str, ...] = CONVENTIONS
   meteor: bool = True
+  meteor_timeout_s: float = DEFAULT_METEOR_TIMEOUT_S
   uncertain: str = "positive"
   n_boot: int = 1000
   alpha: float = 0.05
@@ -132,6 +141,7 @@ def _evaluate_group(
   labeler: CheXpertLabeler,
   sem: SemScorer | None,
   rate: RaTEScorer | None,
+  progress: Progress,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   preds = [r["prediction"] for r in recs]
   refs = [r["reference"] for r in recs]
@@ -140,9 +150,14 @@ def _evaluate_group(
   metrics: dict[str, float | None] = {}
   ci: dict[str, list[float] | None] = {}
   per: dict[str, np.ndarray] = {}
+  notes: dict[str, str] = {}
 
   for conv in opts.conventions:
-    res = lexical_metrics(preds, refs, conv, meteor=opts.meteor)
+    progress(f"lexical metrics ({conv} convention)")
+    res = lexical_metrics(
+      preds, refs, conv, meteor=opts.meteor, meteor_timeout_s=opts.meteor_timeout_s
+    )
+    notes.update({f"{conv}/{k}": v for k, v in res.notes.items()})
     for k, v in res.corpus.items():
       metrics[f"{conv}/{k}"] = v
       ci[f"{conv}/{k}"] = None
@@ -159,6 +174,7 @@ def _evaluate_group(
       if not k.startswith("bleu"):
         ci[f"{conv}/{k}"] = list(bs.mean_ci(v, idx, opts.alpha))
 
+  progress("rule-based CheXpert labels")
   lab_p, lab_r = labeler.label_many(preds), labeler.label_many(refs)
   for k, v in clinical_f1(lab_p, lab_r, opts.uncertain).items():
     metrics[f"chexpert/{k}"] = v
@@ -178,8 +194,16 @@ def _evaluate_group(
   for name, scorer in (("semscore", sem), ("ratescore", rate)):
     if scorer is None:
       metrics[name], ci[name] = None, None
-    else:
+      notes[name] = "not computed: no local model given"
+      continue
+    progress(name)
+    try:
       v = scorer.score(preds, refs)
+    except Exception as e:  # a model-based metric failing must not cost the others
+      _log.exception("%s not computed", name)
+      metrics[name], ci[name] = None, None
+      notes[name] = f"not computed: {type(e).__name__}: {e}"
+    else:
       per[name] = v
       metrics[name] = float(v.mean())
       ci[name] = list(bs.mean_ci(v, idx, opts.alpha))
@@ -193,7 +217,7 @@ def _evaluate_group(
     for k in ("tpf", "tokens_per_second"):
       row[k] = _num((r.get("stats") or {}).get(k))
     rows.append(row)
-  summary = {"n": n, "metrics": metrics, "ci": ci, "speed": speed_summary(recs)}
+  summary = {"n": n, "metrics": metrics, "ci": ci, "speed": speed_summary(recs), "notes": notes}
   return summary, rows
 
 
@@ -206,14 +230,18 @@ def evaluate_predictions(
   *,
   options: EvalOptions | None = None,
   labeler: CheXpertLabeler | None = None,
+  progress: Progress | None = None,
 ) -> dict[str, Any]:
   """Evaluates generated reports; returns a JSON-serialisable dict.
 
+  `progress`, when given, receives a line as each model and metric starts.
+
   Returns:
-    {"options": {...}, "models": {model: {"n", "metrics", "ci", "speed"}},
+    {"options": {...}, "models": {model: {"n", "metrics", "ci", "speed", "notes"}},
      "per_study": [{"id", "model", <per-study scores>, "labels_prediction",
      "labels_reference", "tpf", "tokens_per_second"}, ...],
-     "not_computed": [metric names reported as None]}
+     "not_computed": [metric names reported as None],
+     "notes": {metric: why it is n/a or what to know about it}}
   """
   opts = options or EvalOptions()
   for c in opts.conventions:
@@ -231,9 +259,16 @@ def evaluate_predictions(
   for r in recs:
     groups.setdefault(r["model"], []).append(r)
   models, rows = {}, []
-  for name, grp in groups.items():
-    models[name], grp_rows = _evaluate_group(grp, opts, labeler, sem, rate)
+  for i, (name, grp) in enumerate(groups.items(), 1):
+    prefix = f"model {i}/{len(groups)} {name!r} ({len(grp)} studies)"
+    step = (lambda what, p=prefix: progress(f"{p}: {what}")) if progress else (lambda what: None)
+    models[name], grp_rows = _evaluate_group(grp, opts, labeler, sem, rate, step)
     rows.extend(grp_rows)
+  notes: dict[str, str] = {}
+  for m in models.values():
+    for k, why in m["notes"].items():
+      # One line per metric; the model is named only where models differ.
+      notes[k] = why if notes.get(k, why) == why else "differs by model (see models.<name>.notes)"
   not_computed = sorted(
     {
       k
@@ -245,4 +280,10 @@ def evaluate_predictions(
   opt_dict = dataclasses.asdict(opts)
   for k in ("semscore_model", "ratescore_model", "ratescore_embed_model"):
     opt_dict[k] = os.fspath(opt_dict[k]) if opt_dict[k] else None
-  return {"options": opt_dict, "models": models, "per_study": rows, "not_computed": not_computed}
+  return {
+    "options": opt_dict,
+    "models": models,
+    "per_study": rows,
+    "not_computed": not_computed,
+    "notes": notes,
+  }

@@ -1,16 +1,19 @@
 """Quality against tokens-per-forward (TPF) for the evaluated models (cf. ECHO Fig. 1b).
 
-One panel per quality metric; each model is a point at (TPF, metric) with its
-bootstrap interval as a vertical bar and its name as a label. Uses matplotlib's
-Agg backend (no display needed).
+One panel per quality metric (two per row); each model is a point at (TPF,
+metric) with its bootstrap interval as a vertical bar, named in a shared legend.
+Uses matplotlib's Agg backend (no display needed).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from echo_jax.eval.safe_text import displayable
 
 # Preferred quality metrics, in order; absent or not computed ones are skipped.
 QUALITY_METRICS: tuple[tuple[str, str], ...] = (
@@ -30,11 +33,21 @@ def plottable(models: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str]]:
   ][:4]
 
 
-def quality_vs_tpf_png(
+MAX_WIDTH_PX = 1280  # the figure must fit a laptop screen and the HTML page unscaled
+DPI = 110
+_MARKERS = "osD^vP*Xh<>p"
+
+
+def quality_vs_tpf_figure(
   models: Mapping[str, Mapping[str, Any]], metrics: Sequence[tuple[str, str]] | None = None
-) -> bytes | None:
-  """PNG bytes of the plot, or None when no model has a TPF figure."""
-  import matplotlib
+) -> Any:
+  """The matplotlib Figure of the plot, or None when no model has a TPF figure.
+
+  At most two panels per row keep it within MAX_WIDTH_PX. Models are told apart by
+  colour and marker in one legend under the panels instead of text next to each
+  point, so names never overlap however close the points are.
+  """
+  import matplotlib  # heavy; only needed when a plot is drawn
 
   matplotlib.use("Agg", force=False)
   import matplotlib.pyplot as plt
@@ -43,28 +56,63 @@ def quality_vs_tpf_png(
   pts = {n: m for n, m in models.items() if m["speed"].get("tpf") is not None}
   if not pts or not metrics:
     return None
-  fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
-  for ax, (key, title) in zip(axes[0], metrics):
+  cols = min(2, len(metrics))
+  rows = math.ceil(len(metrics) / cols)
+  legend_cols = min(len(pts), 3)
+  legend_rows = math.ceil(len(pts) / legend_cols)
+  legend_in = 0.3 + 0.25 * legend_rows
+  width_in = (MAX_WIDTH_PX - 16) / DPI
+  fig, axes = plt.subplots(rows, cols, figsize=(width_in, 3.3 * rows + legend_in), squeeze=False)
+  colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  style = {
+    name: (colours[i % len(colours)], _MARKERS[i % len(_MARKERS)]) for i, name in enumerate(pts)
+  }
+  handles = {}
+  for ax, (key, title) in zip(axes.flat, metrics):
     for name, m in pts.items():
       y = m["metrics"].get(key)
       if y is None:
         continue
       x = m["speed"]["tpf"]
       ci = m.get("ci", {}).get(key)
-      if ci:
-        ax.errorbar([x], [y], yerr=[[y - ci[0]], [ci[1] - y]], fmt="o", capsize=3)
-      else:
-        ax.plot([x], [y], "o")
-      ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+      colour, marker = style[name]
+      yerr = [[y - ci[0]], [ci[1] - y]] if ci else None
+      h = ax.errorbar(
+        [x], [y], yerr=yerr, fmt=marker, color=colour, capsize=3, markersize=6, linestyle="none"
+      )
+      handles.setdefault(name, h)
     xmax = max(m["speed"]["tpf"] for m in pts.values())
-    ax.set_xlim(0, xmax * 1.25 + 0.5)  # room for the name labels right of the points
+    ax.set_xlim(0, xmax * 1.1 + 0.5)
     ax.margins(y=0.15)
     ax.set_xlabel("tokens per forward (TPF)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-  fig.tight_layout()
+  for ax in list(axes.flat)[len(metrics) :]:
+    ax.set_visible(False)
+  names = [n for n in pts if n in handles]
+  fig.legend(
+    [handles[n] for n in names],
+    [displayable(n) for n in names],
+    loc="lower center",
+    ncol=legend_cols,
+    fontsize=9,
+    frameon=False,
+  )
+  fig.tight_layout(rect=(0, legend_in / fig.get_figheight(), 1, 1))
+  return fig
+
+
+def quality_vs_tpf_png(
+  models: Mapping[str, Mapping[str, Any]], metrics: Sequence[tuple[str, str]] | None = None
+) -> bytes | None:
+  """PNG bytes of the plot, or None when no model has a TPF figure."""
+  import matplotlib.pyplot as plt  # heavy; only needed when a plot is drawn
+
+  fig = quality_vs_tpf_figure(models, metrics)
+  if fig is None:
+    return None
   buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=110)
+  fig.savefig(buf, format="png", dpi=DPI)
   plt.close(fig)
   return buf.getvalue()
 

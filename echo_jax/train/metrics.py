@@ -32,6 +32,21 @@ class NonFiniteLossError(FloatingPointError):
     )
 
 
+def format_duration(seconds: float) -> str:
+  """h:mm:ss (hours unbounded), e.g. 3725.4 -> "1:02:05"; "?" for a non-finite value."""
+  if not math.isfinite(seconds):
+    return "?"
+  total = max(0, round(seconds))
+  return f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+def _scalar_text(key: str, value: float) -> str:
+  # The ETA is for people reading the log: a clock duration, not fractional hours.
+  if key == "eta_hours":
+    return f"eta={format_duration(value * 3600.0)}"
+  return f"{key}={value:.6g}"
+
+
 class LogWriter:
   """The CLU MetricWriter methods the loop uses, writing to the Python log only.
 
@@ -39,7 +54,7 @@ class LogWriter:
   """
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    text = ", ".join(f"{k}={v:.6g}" for k, v in sorted(scalars.items()))
+    text = ", ".join(_scalar_text(k, v) for k, v in sorted(scalars.items()))
     log.info("[%d] %s", step, text)
 
   def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
@@ -59,13 +74,13 @@ def make_writer(workdir: str, *, tensorboard: bool = True, enabled: bool | None 
   `tensorboard=False` gives the log-only LogWriter without importing TensorFlow.
   """
   enabled = jax.process_index() == 0 if enabled is None else enabled
-  if not tensorboard:
+  if not tensorboard or not enabled:
     return LogWriter()
   from clu import metric_writers  # imports TensorFlow: only when TensorBoard is wanted
 
-  return metric_writers.create_default_writer(
-    f"{workdir}/tensorboard", just_logging=not enabled, asynchronous=True
-  )
+  # LogWriter instead of CLU's LoggingWriter, so that the log shows the ETA as h:mm:ss.
+  summary = metric_writers.SummaryWriter(f"{workdir}/tensorboard")
+  return metric_writers.AsyncMultiWriter([LogWriter(), summary])
 
 
 class MetricLogger:

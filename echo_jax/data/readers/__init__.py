@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from echo_jax.data.readers.chexpert_plus import read_chexpert_plus
+from echo_jax.data.readers.common import DatasetFileError, DatasetOptionError
 from echo_jax.data.readers.mimic_cxr_jpg import read_mimic_cxr_jpg
 from echo_jax.data.readers.r2gen import read_r2gen
 from echo_jax.data.readers.rexgradient import RexGradientFields, read_rexgradient
@@ -43,16 +44,25 @@ def read_dataset(
   """
   name = format.lower().replace("_", "-")
   if name not in READERS:
-    raise ValueError(f"unknown dataset format {format!r}; known: {', '.join(READERS)}")
-  bad = [s for s in kw.get("splits") or () if s not in SPLITS]
+    raise DatasetOptionError(
+      f"unknown dataset format {format!r}", fix=f"use one of {', '.join(READERS)}"
+    )
+  splits = kw.get("splits")
+  if splits is not None and (
+    isinstance(splits, str) or not all(isinstance(s, str) for s in splits)
+  ):
+    raise DatasetOptionError(f"splits={splits!r}", fix=f"give a list drawn from {list(SPLITS)}")
+  bad = [s for s in splits or () if s not in SPLITS]
   if bad:
-    raise ValueError(f"splits {bad} are not among {SPLITS}")
+    raise DatasetOptionError(f"splits {bad} are not among {SPLITS}", fix="use train, val, test")
   skips = skips if skips is not None else SkipLog(name, max_bad_fraction=max_bad_fraction)
   return READERS[name](root, skips=skips, **kw)
 
 
 __all__ = [
   "READERS",
+  "DatasetFileError",
+  "DatasetOptionError",
   "RexGradientFields",
   "read_chexpert_plus",
   "read_dataset",

@@ -2,7 +2,10 @@
 
 Per-entry problems raise `EntrySkip(reason, detail)`; a reader catches it, records it in
 its `SkipLog` and moves to the next entry. Problems with a whole file (the annotation JSON
-is missing or not JSON) raise `ValueError` straight away: nothing can be read around them.
+is missing or not JSON, a CSV row with the wrong number of fields, a truncated .gz) raise
+`DatasetFileError` straight away, naming the file and where known the line: nothing can
+be read around them. It is a `UserError` (commands print it as one line and exit 2) and a
+`ValueError` (what callers of the readers have always caught).
 """
 
 from __future__ import annotations
@@ -14,13 +17,23 @@ import json
 import math
 import os
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 
 from echo_jax.data.study import SkipLog, Study, normalize_split
+from echo_jax.user_errors import UserError
 
 # View positions that show the chest from the front (MIMIC-CXR ViewPosition values such as
 # "PA", "AP", "AP AXIAL", "PA LLD" and CheXpert's "Frontal").
 _FRONTAL = ("PA", "AP", "FRONTAL", "POSTEROANTERIOR", "ANTEROPOSTERIOR")
+
+
+class DatasetFileError(UserError, ValueError):
+  """A whole dataset file is unusable; the message names it (and the line where known)."""
+
+
+class DatasetOptionError(UserError, ValueError):
+  """A reader option (format, splits, views, require, ...) has a value it cannot use."""
 
 
 class EntrySkip(Exception):
@@ -58,8 +71,8 @@ def keep_view(view: str, views: str | Sequence[str] | None) -> bool:
     return True
   if isinstance(views, str):
     if views.lower() != "frontal":
-      raise ValueError(
-        f"views={views!r}: use None, 'frontal' or a list of view names like ['PA', 'AP']"
+      raise DatasetOptionError(
+        f"views={views!r}", fix="use None, 'frontal' or a list of view names like ['PA', 'AP']"
       )
     return is_frontal(view)
   return view.strip().upper() in {v.upper() for v in views}
@@ -91,12 +104,16 @@ def resolve_image(images_root: str, rel_path: object, *, check_file: bool = True
   return path
 
 
-def clean_text(value: object) -> str:
-  """Whitespace-normalized text; "" for None, NaN and non-strings (the usual 'missing')."""
+def clean_text(value: object, field: str = "text") -> str:
+  """Whitespace-normalized text; "" for None and NaN (the usual 'missing').
+
+  Any other non-string (a number, a list, an object) is an EntrySkip "bad_field": a
+  report section that is not text means the entry is not what the reader expects.
+  """
   if value is None or (isinstance(value, float) and math.isnan(value)):
     return ""
   if not isinstance(value, str):
-    return ""
+    raise EntrySkip("bad_field", f"{field} is {json_kind(value)}, not text")
   try:
     value.encode("utf-8")  # fails on the surrogates that stand for undecodable bytes
   except UnicodeEncodeError:
@@ -135,7 +152,9 @@ def check_sections(findings: str, impression: str, require: str) -> None:
   studies, so the default in the readers is "any".
   """
   if require not in ("any", "findings", "impression", "both"):
-    raise ValueError(f"require={require!r}: use 'any', 'findings', 'impression' or 'both'")
+    raise DatasetOptionError(
+      f"require={require!r}", fix="use 'any', 'findings', 'impression' or 'both'"
+    )
   if not findings and not impression:
     raise EntrySkip("empty_report", "no findings and no impression text")
   if require in ("findings", "both") and not findings:
@@ -187,12 +206,47 @@ def make_study(
   )
 
 
+def json_kind(value: object) -> str:
+  """'a number', 'a list', ...: what a parsed value is, for messages."""
+  if isinstance(value, bool):
+    return "a boolean"
+  if isinstance(value, (int, float)):
+    return "a number"
+  names = {str: "a string", list: "a list", dict: "an object", type(None): "null"}
+  return names.get(type(value), f"a {type(value).__name__}")
+
+
 def read_bytes(path: str, what: str) -> bytes:
+  """The file's bytes, gunzipped for a .gz name; DatasetFileError naming the file."""
   if not os.path.isfile(path):
-    raise ValueError(f"{what} {path} does not exist: check the dataset root")
-  with open(path, "rb") as f:
-    data = f.read()
-  return gzip.decompress(data) if path.endswith(".gz") else data
+    raise DatasetFileError(
+      f"{what} does not exist", where=path, fix="check the dataset root and format"
+    )
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise DatasetFileError(f"cannot read the {what}", where=path, why=e.strerror) from None
+  if not path.endswith(".gz"):
+    return data
+  try:
+    return gzip.decompress(data)
+  except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+    raise DatasetFileError(
+      f"truncated or damaged gzip {what}", where=path, why=str(e), fix="download the file again"
+    ) from None
+
+
+def undecodable(path: str, data: bytes, error: UnicodeDecodeError, what: str) -> DatasetFileError:
+  """The error for bytes that are not UTF-8, naming the line they are on."""
+  line = data[: error.start].count(b"\n") + 1
+  return DatasetFileError(
+    f"{what} is not UTF-8",
+    where=path,
+    line=line,
+    why=f"byte {data[error.start]:#04x}",
+    fix="re-encode the file as UTF-8",
+  )
 
 
 def load_json(path: str, what: str = "annotation file"):
@@ -201,25 +255,61 @@ def load_json(path: str, what: str = "annotation file"):
   try:
     return json.loads(data.decode("utf-8"))
   except UnicodeDecodeError as e:
-    raise ValueError(f"{what} {path} is not UTF-8 ({e}); re-encode it as UTF-8") from None
+    raise undecodable(path, data, e, what) from None
   except json.JSONDecodeError as e:
-    raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
+    raise DatasetFileError(
+      f"{what} is not valid JSON",
+      where=path,
+      line=e.lineno,
+      why=f"{e.msg} at column {e.colno}",
+      fix="repair or re-download the file",
+    ) from None
+  except RecursionError:
+    raise DatasetFileError(
+      f"{what} is not valid JSON", where=path, why="nested too deeply"
+    ) from None
 
 
 def iter_csv(
   path: str, what: str = "CSV file", required: Sequence[str] = ()
 ) -> Iterator[dict[str, str]]:
-  """Rows of a (possibly gzipped) CSV as dicts.
+  """Rows of a (possibly gzipped) CSV as dicts of strings.
 
   Bytes that are not UTF-8 are kept as surrogates so only the rows holding them are lost
-  (`clean_text` refuses them), not the whole file. Missing required columns raise.
+  (`clean_text` refuses them), not the whole file. Missing required columns and a row
+  with more or fewer fields than the header raise DatasetFileError with the line: such a
+  row means a damaged file, and its values would land in the wrong columns.
   """
   text = read_bytes(path, what).decode("utf-8", errors="surrogateescape")
   reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))
-  missing = [c for c in required if c not in (reader.fieldnames or [])]
-  if missing:
-    raise ValueError(f"{what} {path} lacks the column(s) {missing}; it has {reader.fieldnames}")
-  yield from reader
+  try:
+    fields = reader.fieldnames or []
+    missing = [c for c in required if c not in fields]
+    if missing:
+      raise DatasetFileError(
+        f"{what} lacks the column(s) {', '.join(missing)}",
+        where=path,
+        line=1,
+        why=f"its header has {', '.join(fields) or 'nothing'}",
+        fix="check the file and the dataset format",
+      )
+    for row in reader:
+      if None in row or any(v is None for v in row.values()):
+        n = (
+          len(row) - (None in row) + len(row.get(None) or []) - sum(v is None for v in row.values())
+        )
+        raise DatasetFileError(
+          f"{what} has a row of {n} fields",
+          where=path,
+          line=reader.line_num,
+          why=f"the header has {len(fields)}",
+          fix="repair or re-download the file",
+        )
+      yield row
+  except csv.Error as e:
+    raise DatasetFileError(
+      f"{what} is not valid CSV", where=path, line=reader.line_num, why=str(e)
+    ) from None
 
 
 def finish(studies: list[Study], skips: SkipLog) -> list[Study]:

@@ -20,7 +20,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from echo_jax.data.readers.common import EntrySkip, finish, iter_csv, make_study, resolve_image
+from echo_jax.data.readers.common import (
+  DatasetFileError,
+  EntrySkip,
+  finish,
+  iter_csv,
+  make_study,
+  resolve_image,
+)
 from echo_jax.data.readers.sections import findings_impression
 from echo_jax.data.study import SkipLog, Study, normalize_split
 
@@ -33,8 +40,8 @@ def _find(root: str, name: str, required: bool) -> str | None:
     if os.path.isfile(path):
       return path
   if required:
-    raise ValueError(
-      f"{os.path.join(root, name)}[.gz] not found: is {root} the MIMIC-CXR-JPG root?"
+    raise DatasetFileError(
+      f"no {name}[.gz]", where=root, fix=f"check that {root} is the MIMIC-CXR-JPG root"
     )
   return None
 

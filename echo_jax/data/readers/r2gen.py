@@ -26,9 +26,11 @@ import os
 from collections.abc import Sequence
 
 from echo_jax.data.readers.common import (
+  DatasetFileError,
   EntrySkip,
   clean_text,
   finish,
+  json_kind,
   load_json,
   make_study,
   resolve_image,
@@ -40,8 +42,15 @@ from echo_jax.data.study import SkipLog, Study
 def _labels_by_id(path: str) -> dict[str, dict]:
   data = load_json(path, "labels file")
   if not isinstance(data, dict):
-    raise ValueError(f"labels file {path} must map study ids to {{'labels': {{...}}}}")
+    raise DatasetFileError(
+      "labels file is not an object", where=path, fix="map study ids to {'labels': {...}}"
+    )
   return data
+
+
+def _is_label(value: object) -> bool:
+  """1 / 0 / -1 (or a float of them), as CheXpert labels are written."""
+  return not isinstance(value, bool) and isinstance(value, (int, float)) and value in (1, 0, -1)
 
 
 def read_r2gen(
@@ -78,8 +87,10 @@ def read_r2gen(
   images_root = images_root or os.path.join(root, "images")
   data = load_json(annotation)
   if not isinstance(data, dict) or not any(k in data for k in ("train", "val", "test")):
-    raise ValueError(
-      f"{annotation} is not an R2Gen annotation file: expected an object with 'train', 'val' and 'test' lists"
+    raise DatasetFileError(
+      "not an R2Gen annotation file",
+      where=annotation,
+      fix="give an object with 'train', 'val' and 'test' lists",
     )
   labels_path = labels or os.path.join(os.path.dirname(annotation), "labels.json")
   label_map = _labels_by_id(labels_path) if (labels or os.path.isfile(labels_path)) else None
@@ -90,8 +101,8 @@ def read_r2gen(
     if splits is not None and split_key not in splits:
       continue
     if not isinstance(entries, list):
-      raise ValueError(
-        f"{annotation}: '{split_key}' must be a list of studies, got {type(entries).__name__}"
+      raise DatasetFileError(
+        f"'{split_key}' is {json_kind(entries)}", where=annotation, fix="give a list of studies"
       )
     for i, entry in enumerate(entries):
       study_id = f"{split_key}[{i}]"
@@ -106,7 +117,7 @@ def read_r2gen(
           raise EntrySkip("duplicate_id", f"id {study_id!r} appears more than once")
         if "report" not in entry:
           raise EntrySkip("missing_field", "no 'report'")
-        report = clean_text(entry["report"])
+        report = clean_text(entry["report"], "report")
         marked = split_marked_report(report)
         findings, impression = marked if marked is not None else (report, "")
         rel_paths = entry.get("image_path")
@@ -121,7 +132,15 @@ def read_r2gen(
           if not isinstance(record, dict) or not isinstance(record.get("labels"), dict):
             raise EntrySkip("missing_labels", f"{labels_path} has no labels for {study_id!r}")
           study_labels = dict(record["labels"])
+          bad = [k for k, v in study_labels.items() if not _is_label(v)]
+          if bad:
+            raise EntrySkip(
+              "bad_labels", f"{labels_path}: label {bad[0]!r} is {study_labels[bad[0]]!r}"
+            )
         meta = {k: entry[k] for k in ("study_id", "subject_id") if k in entry}
+        for k, v in meta.items():
+          if isinstance(v, bool) or not isinstance(v, str | int):
+            raise EntrySkip("bad_field", f"{k} is {json_kind(v)}, not a string or number")
         attributes = record.get("attributes") if label_map is not None else None
         if isinstance(attributes, dict) and isinstance(attributes.get("findings"), dict):
           meta["findings"] = attributes["findings"]  # the synthetic generator's finding set

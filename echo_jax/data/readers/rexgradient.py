@@ -31,10 +31,12 @@ import re
 from collections.abc import Iterator, Sequence
 
 from echo_jax.data.readers.common import (
+  DatasetFileError,
   EntrySkip,
   clean_text,
   finish,
   iter_csv,
+  json_kind,
   load_json,
   make_study,
   read_bytes,
@@ -64,12 +66,21 @@ def _records(path: str) -> Iterator[dict]:
     yield from iter_csv(path, "ReXGradient metadata")
     return
   if name.endswith((".jsonl", ".jsonl.gz")):
-    for n, line in enumerate(read_bytes(path, "ReXGradient metadata").decode("utf-8").splitlines()):
+    # Line by line, so that a line with bad bytes or bad JSON costs only its own record.
+    for n, raw in enumerate(read_bytes(path, "ReXGradient metadata").split(b"\n")):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        yield {
+          "__error__": f"line {n + 1}: byte {raw[e.start]:#04x} is not UTF-8",
+          "__reason__": "not_utf8",
+        }
+        continue
       if line.strip():
         try:
           yield json.loads(line)
-        except json.JSONDecodeError as e:
-          yield {"__error__": f"line {n + 1}: {e}"}
+        except (json.JSONDecodeError, RecursionError) as e:
+          yield {"__error__": f"line {n + 1}: not valid JSON ({e})"}
     return
   data = load_json(path, "ReXGradient metadata")
   if isinstance(data, dict):
@@ -82,7 +93,11 @@ def _records(path: str) -> Iterator[dict]:
   elif isinstance(data, list):
     yield from data
   else:
-    raise ValueError(f"{path}: expected a list of records or an object keyed by study id")
+    raise DatasetFileError(
+      "ReXGradient metadata is not a list or an object",
+      where=path,
+      fix="give a list of records or an object keyed by study id",
+    )
 
 
 def _as_list(value) -> list:
@@ -112,8 +127,10 @@ def _default_metadata(root: str) -> list[str]:
     )
     if files:
       return files
-  raise ValueError(
-    f"no metadata files (*.json, *.jsonl, *.csv) in {root}/metadata or {root}: pass metadata="
+  raise DatasetFileError(
+    "no metadata files (*.json, *.jsonl, *.csv)",
+    where=f"{root}/metadata or {root}",
+    fix="pass metadata=<file or list of files>",
   )
 
 
@@ -144,10 +161,17 @@ def read_rexgradient(
       try:
         if not isinstance(record, dict) or "__error__" in record:
           detail = record.get("__error__", "") if isinstance(record, dict) else "not an object"
-          raise EntrySkip("missing_field", detail)
+          reason = (
+            record.get("__reason__", "missing_field")
+            if isinstance(record, dict)
+            else "missing_field"
+          )
+          raise EntrySkip(reason, detail)
         raw_id = record.get(fields.id, record.get("__key__"))
         if raw_id in (None, ""):
           raise EntrySkip("missing_field", f"no {fields.id!r}")
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+          raise EntrySkip("bad_field", f"{fields.id!r} is {json_kind(raw_id)}")
         study_id = str(raw_id)
         if study_id in seen:
           raise EntrySkip("duplicate_id", f"id {study_id!r} appears more than once")
@@ -158,8 +182,8 @@ def read_rexgradient(
           continue
         if fields.findings not in record and fields.impression not in record:
           raise EntrySkip("missing_field", f"neither {fields.findings!r} nor {fields.impression!r}")
-        findings = clean_text(record.get(fields.findings))
-        impression = clean_text(record.get(fields.impression))
+        findings = clean_text(record.get(fields.findings), repr(fields.findings))
+        impression = clean_text(record.get(fields.impression), repr(fields.impression))
         paths = _as_list(record.get(fields.images))
         if not paths:
           raise EntrySkip("missing_field", f"no image paths in {fields.images!r}")
@@ -183,5 +207,6 @@ def read_rexgradient(
         )
         seen.add(study_id)
       except EntrySkip as e:
-        skips.skip(study_id, e.reason, e.detail)
+        # The record's file is named: one metadata file per split, several per dataset.
+        skips.skip(study_id, e.reason, f"{path}: {e.detail}" if e.detail else path)
   return finish(studies, skips)

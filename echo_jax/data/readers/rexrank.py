@@ -20,9 +20,11 @@ import os
 from collections.abc import Sequence
 
 from echo_jax.data.readers.common import (
+  DatasetFileError,
   EntrySkip,
   clean_text,
   finish,
+  json_kind,
   load_json,
   make_study,
   resolve_image,
@@ -67,13 +69,15 @@ def read_rexrank(
       sorted(f for f in os.listdir(root) if f.endswith(".json")) if os.path.isdir(root) else []
     )
     if len(found) != 1:
-      raise ValueError(f"pass json_path: expected exactly one .json file in {root}, found {found}")
+      raise DatasetFileError(
+        f"{len(found)} .json files", where=root, fix="pass json_path=<the ReXrank file>"
+      )
     json_path = os.path.join(root, found[0])
   images_root = images_root or root
   data = load_json(json_path, "ReXrank file")
   if not isinstance(data, dict):
-    raise ValueError(
-      f"{json_path} must be a JSON object keyed by study id, got {type(data).__name__}"
+    raise DatasetFileError(
+      "ReXrank file is not a JSON object", where=json_path, fix="key the studies by their id"
     )
 
   studies: list[Study] = []
@@ -84,10 +88,10 @@ def read_rexrank(
       split = entry.get("split") if isinstance(entry.get("split"), str) else "test"
       if splits is not None and normalize_split(split) not in splits:
         continue
-      findings = clean_text(entry.get("section_findings"))
-      impression = clean_text(entry.get("section_impression"))
+      findings = clean_text(entry.get("section_findings"), "section_findings")
+      impression = clean_text(entry.get("section_impression"), "section_impression")
       if not findings and not impression:
-        marked = split_marked_report(clean_text(entry.get("report")))
+        marked = split_marked_report(clean_text(entry.get("report"), "report"))
         if marked is not None:
           findings, impression = marked
           findings = "" if findings.rstrip(".").lower() == "none" else findings
@@ -95,6 +99,9 @@ def read_rexrank(
       paths = _as_list(entry.get("image_path"))
       if not paths:
         raise EntrySkip("missing_field", "no 'image_path'")
+      for p in paths:
+        if not isinstance(p, str):
+          raise EntrySkip("bad_field", f"image_path holds {json_kind(p)}, not a path string")
       views_in = [v if isinstance(v, str) else "" for v in _as_list(entry.get("frontal_lateral"))]
       views_in += [""] * (len(paths) - len(views_in))
       ap_pa = _as_list(entry.get("ap_pa"))
