@@ -25,6 +25,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from echo_jax.eval import echo_release
 from echo_jax.eval.pipeline import EvalOptions, evaluate_predictions
 
 __all__ = ["evaluate_predictions", "main", "read_jsonl", "write_outputs"]
@@ -163,6 +164,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     help="how rule-based CheXpert F1 counts uncertain labels",
   )
   p.add_argument("--conventions", default="r2gen,echo", help="lexical conventions, comma separated")
+  p.add_argument(
+    "--convention",
+    choices=(echo_release.NAME,),
+    help="also score as the ECHO authors' released scripts do (echo_jax.eval.echo_release)",
+  )
+  p.add_argument(
+    "--cider-df",
+    help="echo-release CIDEr: JSON {num_documents, document_frequency} (e.g. COCO val); "
+    "without it the IDF is the evaluated references' (metric cider_corpus_idf)",
+  )
+  p.add_argument(
+    "--judge-model", help="echo-release: local causal LM directory for the perplexity (torch)"
+  )
   p.add_argument("--no-meteor", action="store_true", help="skip METEOR (needs java)")
   p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
   p.add_argument("--seed", type=int, default=0)
@@ -186,6 +200,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     device=args.device,
   )
   result = evaluate_predictions(records, options=opts)
+  if args.convention == echo_release.NAME:
+    judge = (
+      echo_release.JudgePerplexity(args.judge_model, args.device) if args.judge_model else None
+    )
+    echo_release.add_to_result(
+      result,
+      records,
+      cider_df=args.cider_df,
+      judge=judge,
+      meteor=not args.no_meteor,
+      n_boot=args.n_boot,
+      seed=args.seed,
+    )
+    print(f"echo-release CIDEr IDF: {result['echo_release']['cider_idf']}")
   paths = write_outputs(
     result, records, args.out, images_root=args.images_root, max_studies=args.max_studies
   )
