@@ -13,7 +13,8 @@ Two profiles:
 * "echo_jax": checkpoints trained here. The aligned grid (the response starts on a
   block boundary, as training saw it); the block length and the sampler come from
   the workdir's config.json (`rad.block_len`; stage ar -> "ar", rad -> "multi_step",
-  dcd -> "one_step"); image sizes from its `data.*` keys.
+  dcd -> "one_step"); image sizes from its `data.*` keys. (The block length is the
+  config's top-level `block_len`, or `rad.block_len` in older configs.)
 
 `profile_for(path)` picks "released" for a directory that looks like a released
 ECHO checkpoint (`looks_released`) and "echo_jax" otherwise; explicit settings
@@ -31,6 +32,7 @@ from typing import Any
 from echo_jax.data import tokenizer as tokenizer_lib
 from echo_jax.models import hf_import, mask_id
 from echo_jax.sampling import AutoregressiveSampler, MultiStepSampler, OneStepSampler, stops
+from echo_jax.user_errors import UserError
 
 PROFILES = ("auto", "released", "echo_jax")
 LANGS = ("en", "zh")
@@ -105,12 +107,15 @@ def released_profile(
   """The released protocol for the checkpoint at `path` (its name and config.json say
   one-step or multi-step and the block length; `sampler` / `block_len` when they don't)."""
   if lang not in LANGS:
-    raise ValueError(f"lang={lang!r}: use one of {LANGS}")
+    raise UserError(f"instruction language {lang!r}", fix=f"use one of {', '.join(LANGS)}")
   kind = released_kind(path) if path else None
   stated = _config_block_len(path) if path else None
   if kind is not None and stated is not None and kind[1] != stated:
-    raise ValueError(
-      f"{path}: the directory name says block length {kind[1]} but config.json says {stated}"
+    raise UserError(
+      "a block length that disagrees with the directory name",
+      where=os.path.join(path, "config.json"),
+      why=f"the name says block length {kind[1]} but config.json says {stated}",
+      fix="rename the directory or pass --block_len",
     )
   sampler = sampler or (kind[0] if kind else "one_step")
   block_len = block_len or stated or (kind[1] if kind else 8)
@@ -132,18 +137,21 @@ def released_profile(
 def echo_jax_profile(saved: dict[str, Any] | None = None, *, lang: str = "en") -> DecodingProfile:
   """The profile of an echo_jax workdir from its saved training config (or {})."""
   if lang != "en":
-    raise ValueError(
-      f"lang={lang!r}: echo_jax checkpoints are trained with the English instruction only; "
-      "use --profile released for the Chinese one"
+    raise UserError(
+      f"instruction language {lang!r} for an echo_jax checkpoint",
+      why="echo_jax checkpoints are trained with the English instruction only",
+      fix="use --profile released for the released Chinese instruction",
     )
   saved = saved or {}
   data = saved.get("data") or {}
   rad = saved.get("rad") or {}
   stage = saved.get("stage")
+  # Newer configs keep the block length at the top level, older ones under rad.
+  block_len = saved.get("block_len") or rad.get("block_len") or 8
   return DecodingProfile(
     name="echo_jax",
     sampler=_STAGE_SAMPLERS.get(stage, "one_step"),
-    block_len=int(rad.get("block_len") or 8),
+    block_len=int(block_len),
     steps=None,
     threshold=0.85,
     max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
@@ -159,7 +167,7 @@ def profile_for(
   """The profile named `profile` ("auto": released for a released directory, else
   echo_jax) for the checkpoint at `path`; `saved` is an echo_jax workdir's config."""
   if profile not in PROFILES:
-    raise ValueError(f"profile={profile!r}: use one of {PROFILES}")
+    raise UserError(f"decoding profile {profile!r}", fix=f"use one of {', '.join(PROFILES)}")
   if profile == "released" or (profile == "auto" and not saved and looks_released(path)):
     return released_profile(path, lang=lang)
   return echo_jax_profile(saved, lang=lang)

@@ -11,6 +11,7 @@ from rouge import Rouge
 
 from echo_jax import evaluate
 from echo_jax.eval import echo_release as er
+from echo_jax.user_errors import UserError
 
 PAIRS = [  # (prediction as generated, reference as echo_jax writes it)
   (
@@ -85,7 +86,7 @@ def test_plain_cider_by_hand(tmp_path):
   # at 1 (both have IDF 0) and shares 3 of 4 bigrams, 2 of 3 trigrams, 1 of 2 4-grams.
   same = er.cider_plain(["Findings: a c Impression: c"], ["Findings: a c Impression: c"], df, docs)
   np.testing.assert_allclose(same, [10 * (1 + 3 / 4 + 2 / 3 + 1 / 2) / 4], rtol=1e-12)
-  with pytest.raises(ValueError, match="num_documents"):
+  with pytest.raises(UserError, match="num_documents=0 is not a positive int"):
     er.load_document_frequency(_df_file(tmp_path, {}, 0))
 
 
@@ -184,8 +185,13 @@ def test_evaluate_cli_with_the_released_convention(tmp_path, judge_dir, capsys):
   assert "echo-release/cider" not in m2 and m2["echo-release/cider_corpus_idf"] is not None
 
 
+def test_judge_directory_must_hold_a_model(tmp_path):
+  with pytest.raises(UserError, match="judge model directory without config.json"):
+    er.JudgePerplexity(str(tmp_path))
+
+
 def test_chinese_text_is_refused():
   result = {"models": {"model": {"metrics": {}, "ci": {}}}, "per_study": []}
   records = [{"id": "1", "prediction": "所见：两肺清晰。 结论：未见异常。", "reference": "x"}]
-  with pytest.raises(ValueError, match="translate first"):
+  with pytest.raises(UserError, match="translate the reports to English first"):
     er.add_to_result(result, records, meteor=False)

@@ -25,6 +25,7 @@ from echo_jax import profiles  # noqa: E402
 from echo_jax.models import hf_import, mask_id  # noqa: E402
 from echo_jax.models.decode_model import DecodeContext, EchoDecodeModel  # noqa: E402
 from echo_jax.models.presets import TINY_TOKEN_IDS  # noqa: E402
+from echo_jax.user_errors import UserError  # noqa: E402
 
 VOCAB = 64
 MASK = 63
@@ -237,12 +238,14 @@ def test_released_profiles():
   own = profiles.profile_for("/w/dcd_b4", saved)
   assert (own.name, own.sampler, own.block_len, own.grid) == ("echo_jax", "one_step", 4, "aligned")
   assert profiles.profile_for("/w/rad", {"stage": "rad", "model": {}}).sampler == "multi_step"
+  newer = {"stage": "dcd", "block_len": 4, "model": {}}  # the block length at the top level
+  assert profiles.profile_for("/w/dcd_b4", newer).block_len == 4
   assert profiles.profile_for("/w/x", {}, profile="released").name == "released"
-  with pytest.raises(ValueError, match="English instruction only"):
+  with pytest.raises(UserError, match="English instruction only"):
     profiles.profile_for("/w/dcd_b4", saved, lang="zh")
 
 
 def test_block_length_of_name_and_config_must_agree(plain, tmp_path):
   path = _released_copy(plain, tmp_path / "ECHO_block8", new_names=False)  # config says 4
-  with pytest.raises(ValueError, match="name says block length 8 but config.json says 4"):
+  with pytest.raises(UserError, match="name says block length 8 but config.json says 4"):
     profiles.released_profile(str(path))

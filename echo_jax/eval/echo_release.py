@@ -50,6 +50,7 @@ from rouge import Rouge
 
 from echo_jax.eval import bootstrap as bs
 from echo_jax.eval.lexical import echo_tokenize
+from echo_jax.user_errors import UserError
 
 NAME = "echo-release"
 # The English instruction of the released evaluation scripts (the judge's prefix).
@@ -95,9 +96,11 @@ def format_reference(text: str) -> str:
 def _check_english(texts: Sequence[str], what: str) -> None:
   for n, t in enumerate(texts):
     if len(_CJK.findall(t)) > 0.1 * max(len(t), 1):
-      raise ValueError(
-        f"{what} {n} is Chinese text ({t[:30]!r}); the echo-release convention scores "
-        "English, as the authors do after translating Chinese reports: translate first"
+      raise UserError(
+        f"Chinese text in {what} {n}",
+        why="the echo-release convention scores English, as the authors do after "
+        "translating Chinese reports",
+        fix="translate the reports to English first",
       )
 
 
@@ -129,21 +132,20 @@ def _ngrams(tokens: Sequence[str], n: int = 4) -> collections.Counter:
 
 def load_document_frequency(path: str) -> tuple[dict[str, float], int]:
   """(n-gram -> document frequency, number of documents) from a JSON file (module doc)."""
+  what = "a document-frequency file"
+  fix = 'give --cider-df a JSON {"num_documents": N, "document_frequency": {n-gram: count}}'
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"no document-frequency file {path!r}; see the --cider-df help")
+    raise UserError(what, where=path, why="no such file", fix=fix)
   try:
     with open(path, encoding="utf-8") as f:
       data = json.load(f)
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f"document-frequency file {path} is not valid JSON ({e})") from None
+    raise UserError(what, where=path, why=f"not valid JSON ({e})", fix=fix) from None
   if not isinstance(data, dict) or not isinstance(data.get("document_frequency"), dict):
-    raise ValueError(
-      f"{path} must be a JSON object with 'document_frequency' (n-gram -> count) and "
-      "'num_documents'"
-    )
+    raise UserError(what, where=path, why="no 'document_frequency' object", fix=fix)
   n = data.get("num_documents")
   if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-    raise ValueError(f"{path}: num_documents={n!r} must be a positive int")
+    raise UserError(what, where=path, why=f"num_documents={n!r} is not a positive int", fix=fix)
   return {str(k): float(v) for k, v in data["document_frequency"].items()}, n
 
 
@@ -206,15 +208,20 @@ class JudgePerplexity:
   """Perplexity of reports under a local causal LM (transformers format)."""
 
   def __init__(self, model_dir: str, device: str = "cpu", prefix: str = JUDGE_PREFIX):
-    # torch and transformers are heavy optional dependencies, needed only by the judge.
-    import torch
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+      raise UserError(
+        "a judge model directory without config.json",
+        where=model_dir,
+        fix="pass a local causal LM directory (e.g. Qwen3-1.7B) with --judge-model",
+      )
+    try:  # torch is a heavy optional dependency, needed only by the judge
+      import torch
+    except ImportError:
+      raise UserError(
+        "the judge perplexity without torch", fix='pip install -e ".[judge]"'
+      ) from None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not os.path.isfile(os.path.join(model_dir, "config.json")):
-      raise FileNotFoundError(
-        f"judge model directory {model_dir!r} has no config.json; pass a local causal LM "
-        "directory (e.g. Qwen3-1.7B saved with save_pretrained) with --judge-model"
-      )
     self.torch = torch
     self.model_dir = model_dir
     self.device = device

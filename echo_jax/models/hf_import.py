@@ -42,6 +42,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from echo_jax.models import mask_id as mask_id_lib
+from echo_jax.models.checkpoint_error import CheckpointError
 from echo_jax.models.config import ModelConfig, TextConfig, TokenIds, VisionConfig
 from echo_jax.models.decoder import Qwen2Decoder
 from echo_jax.models.vision import vision_from_hf, vision_hf_shapes, vision_to_hf
@@ -411,10 +412,11 @@ def _check_tensors(
   if wrong:
     problems.append(f"{len(wrong)} mis-shaped: {_names(wrong)}")
   if problems:
-    raise ValueError(
-      f"{path} does not match the model its config.json describes; tensors "
-      + "; ".join(problems)
-      + ". Check that config.json and the weights come from the same checkpoint"
+    raise CheckpointError(
+      "tensors that do not match config.json",
+      where=str(path),
+      why="; ".join(problems),
+      fix="check that config.json and the weights come from the same checkpoint",
     )
 
 
@@ -446,9 +448,11 @@ def load_pretrained(
   resolved = mask_id_lib.resolve_mask_id(path, hf, mask_token_id)
   if resolved is not None:
     if token_ids is not None and mask_token_id is None and token_ids.mask != resolved.id:
-      raise ValueError(
-        f"{path}: {resolved.source} = {resolved.id} but the given token_ids say mask="
-        f"{token_ids.mask} (the tokenizer in use); load the tokenizer shipped with these weights"
+      raise CheckpointError(
+        "a mask token id that disagrees with the tokenizer in use",
+        where=str(path),
+        why=f"{resolved.source} = {resolved.id} but the given token_ids say mask={token_ids.mask}",
+        fix="load the tokenizer shipped with these weights",
       )
     config = config.replace(tokens=dataclasses.replace(config.tokens, mask=resolved.id))
   ckpt = _Checkpoint(path)

@@ -23,6 +23,8 @@ import json
 import pathlib
 from typing import Any
 
+from echo_jax.models.checkpoint_error import CheckpointError
+
 MASK_TOKEN = "<|MASK|>"
 
 
@@ -100,9 +102,10 @@ def resolve_mask_id(
     return None
   if len({s.id for s in sources}) > 1:
     listed = ", ".join(f"{s.source} = {s.id}" for s in sources)
-    raise ValueError(
-      f"{path}: the mask token ids disagree ({listed}); the weights and the tokenizer do "
-      "not belong together. Use the tokenizer shipped with these weights, or fix "
-      "mask_token_id in config.json"
+    raise CheckpointError(
+      "mask token ids that disagree",
+      where=str(path),
+      why=f"{listed}; the weights and the tokenizer do not belong together",
+      fix="use the tokenizer shipped with these weights, or fix mask_token_id in config.json",
     )
   return sources[0]
