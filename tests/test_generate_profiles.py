@@ -92,6 +92,7 @@ def test_released_directory_in_chinese(setup, tmp_path, capsys):
   study = setup.studies[0]
   context_len = 256
   argv = ["--checkpoint", str(hf), "--images", *study.image_paths, "--lang", "zh"]
+  argv += ["--profile", "released"]  # also the default for this name
   argv += ["--max_new_tokens", "8", "--context_len", str(context_len), *SIZES]
   rows = generate.main(argv)
   assert "[multi_step]" in capsys.readouterr().err
