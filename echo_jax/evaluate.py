@@ -31,6 +31,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from echo_jax.eval import echo_release
 from echo_jax.eval.html_report import render_html
 from echo_jax.eval.lexical import CONVENTIONS
 from echo_jax.eval.pipeline import EvalOptions, evaluate_predictions
@@ -120,6 +121,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     help="how rule-based CheXpert F1 counts uncertain labels",
   )
   p.add_argument("--conventions", default="r2gen,echo", help="lexical conventions, comma separated")
+  p.add_argument(
+    "--convention",
+    choices=(echo_release.NAME,),
+    help="also score as the ECHO authors' released scripts do (echo_jax.eval.echo_release)",
+  )
+  p.add_argument(
+    "--cider-df",
+    help="echo-release CIDEr: JSON {num_documents, document_frequency} (e.g. COCO val); "
+    "without it the IDF is the evaluated references' (metric cider_corpus_idf)",
+  )
+  p.add_argument(
+    "--judge-model", help="echo-release: local causal LM directory for the perplexity (torch)"
+  )
   p.add_argument("--no-meteor", action="store_true", help="skip METEOR (needs java)")
   p.add_argument(
     "--meteor-timeout",
@@ -199,6 +213,21 @@ def _main(argv: Sequence[str] | None) -> int:
     device=args.device,
   )
   result = evaluate_predictions(records, options=opts, progress=progress)
+  if args.convention == echo_release.NAME:
+    progress("scoring the echo-release convention")
+    judge = (
+      echo_release.JudgePerplexity(args.judge_model, args.device) if args.judge_model else None
+    )
+    echo_release.add_to_result(
+      result,
+      records,
+      cider_df=args.cider_df,
+      judge=judge,
+      meteor=not args.no_meteor,
+      n_boot=args.n_boot,
+      seed=args.seed,
+    )
+    print(f"echo-release CIDEr IDF: {result['echo_release']['cider_idf']}")
   progress("writing outputs")
   try:
     paths = write_outputs(

@@ -8,6 +8,12 @@ the input of `python -m echo_jax.evaluate`):
   python -m echo_jax.generate --checkpoint workdir/dcd8 --dataset r2gen \\
       --data_path workdir/synthetic --split test --out preds.jsonl
 
+Decoding profile (echo_jax.profiles): a released ECHO directory (Midea-AIRC/ECHO_block8,
+ECHO_Base_block4, ...) decodes as the authors' scripts do (--profile released: global block
+grid, 256*28*28..2250000 pixels, 512 tokens, one step for ECHO_block*, steps = B for
+ECHO_Base_block*; --lang zh for the Chinese instruction); anything else with the echo_jax
+profile (block length and sampler from the workdir's config.json). Flags override.
+
 --checkpoint is an echo_jax training workdir (its newest checkpoint's `model`; a step
 directory `workdir/checkpoints/<step>` picks that step) or a Hugging Face Qwen2.5-VL
 directory (config.json + *.safetensors, read by echo_jax.load_pretrained). The model
@@ -34,6 +40,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from echo_jax import profiles
+
 SAMPLERS = ("one_step", "multi_step", "ar")
 
 
@@ -55,11 +63,19 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--images_root", default="", help="root of the dataset's relative image paths")
   p.add_argument("--num_studies", type=int, default=0, help="first N studies only (0 = all)")
   p.add_argument("--out", help="JSONL file of the predictions (with --dataset)")
-  p.add_argument("--sampler", choices=SAMPLERS, default="one_step")
-  p.add_argument("--block_len", type=int, default=8, help="block length (block samplers)")
+  p.add_argument(
+    "--profile",
+    choices=profiles.PROFILES,
+    default="auto",
+    help="decoding profile (auto: released for a released ECHO directory, else echo_jax); "
+    "the flags below override its fields",
+  )
+  p.add_argument("--lang", choices=profiles.LANGS, default="en", help="instruction language")
+  p.add_argument("--sampler", choices=SAMPLERS, help="default: the profile's")
+  p.add_argument("--block_len", type=int, help="block length (default: the profile's)")
   p.add_argument("--steps", type=int, default=0, help="multi_step: steps per block (0 = block_len)")
-  p.add_argument("--threshold", type=float, default=0.85, help="multi_step confidence threshold")
-  p.add_argument("--max_new_tokens", type=int, default=256, help="length budget of a report")
+  p.add_argument("--threshold", type=float, help="multi_step confidence threshold (0.85)")
+  p.add_argument("--max_new_tokens", type=int, help="length budget (default: the profile's)")
   p.add_argument(
     "--loop_guard", type=int, default=0, metavar="N", help="stop N-gram loops (0 = off)"
   )
@@ -67,8 +83,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--preset", default="tiny", help="model preset of a workdir without config.json")
   p.add_argument("--dtype", default="", help="float32 | bfloat16 (default: the model's)")
   p.add_argument("--tokenizer", default="", help="tokenizer.json or its directory")
-  p.add_argument("--min_pixels", type=int, default=0, help="default: config, else 56*56")
-  p.add_argument("--max_pixels", type=int, default=0, help="default: config, else 112*112")
+  p.add_argument("--min_pixels", type=int, default=0, help="default: the profile's")
+  p.add_argument("--max_pixels", type=int, default=0, help="default: the profile's")
   p.add_argument("--max_images", type=int, default=0, help="images per study (default: the data's)")
   p.add_argument("--context_len", type=int, default=0, help="padded context (0 = the bound)")
   p.add_argument("--max_patches", type=int, default=0, help="padded ViT patches (0 = the bound)")
@@ -154,7 +170,12 @@ def image_bound(max_pixels: int, patch: int = 14, merge: int = 2) -> int:
 
 
 def example_sizes(
-  tokenizer: Any, config: Any, max_pixels: int, num_images: int, block_len: int
+  tokenizer: Any,
+  config: Any,
+  max_pixels: int,
+  num_images: int,
+  block_len: int,
+  instruction: str | None = None,
 ) -> tuple[int, int]:
   """(context_len, max_patches) that fit num_images images of at most max_pixels."""
   from echo_jax.data import tokenizer as tokenizer_lib
@@ -162,7 +183,11 @@ def example_sizes(
   v = config.vision
   per_image = image_bound(max_pixels, v.patch_size, v.spatial_merge_size)
   tokens = per_image // v.spatial_merge_size**2
-  prompt = len(tokenizer_lib.encode_prompt(tokenizer, [tokens] * num_images))
+  prompt = len(
+    tokenizer_lib.encode_prompt(
+      tokenizer, [tokens] * num_images, instruction or tokenizer_lib.ECHO_INSTRUCTION
+    )
+  )
   return math.ceil(prompt / block_len) * block_len, per_image * num_images
 
 
@@ -221,12 +246,23 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   tokenizer.check_ids(config.tokens)
   studies = read_studies(args)
 
-  data = saved.get("data") or {}
-  min_pixels = args.min_pixels or data.get("min_pixels", 56 * 56)
-  max_pixels = args.max_pixels or data.get("max_pixels", 112 * 112)
+  profile = profiles.profile_for(
+    args.checkpoint, saved, profile=args.profile, lang=args.lang
+  ).with_overrides(
+    sampler=args.sampler,
+    block_len=args.block_len,
+    steps=args.steps or None,
+    threshold=args.threshold,
+    max_new_tokens=args.max_new_tokens,
+    min_pixels=args.min_pixels or None,
+    max_pixels=args.max_pixels or None,
+  )
+  min_pixels, max_pixels = profile.min_pixels, profile.max_pixels
   num_images = args.max_images or max(len(s.image_paths) for s in studies)
-  block = 1 if args.sampler == "ar" else args.block_len
-  context_len, max_patches = example_sizes(tokenizer, config, max_pixels, num_images, block)
+  block = 1 if profile.sampler == "ar" else profile.block_len
+  context_len, max_patches = example_sizes(
+    tokenizer, config, max_pixels, num_images, block, profile.instruction
+  )
   example_fn = StudyExamples(
     tokenizer=tokenizer,
     model_config=config,
@@ -236,14 +272,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     context_len=args.context_len or context_len,
     response_len=block,  # unused by generation
     max_patches=args.max_patches or max_patches,
+    instruction=profile.instruction,
   )
-  sampler = inference.make_sampler(
-    args.sampler,
+  sampler = profiles.make_sampler(
+    profile,
     config.tokens,
-    block_len=args.block_len,
-    max_new_tokens=args.max_new_tokens,
-    steps=args.steps or None,
-    threshold=args.threshold,
     repetition=RepetitionGuard(ngram=args.loop_guard) if args.loop_guard else None,
   )
   batch_size = 1 if args.images else args.batch_size
@@ -251,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     model, tokenizer, example_fn, batch_size=batch_size, mesh=_mesh(args.mesh)
   )
   start = time.perf_counter()
-  rows = generator.generate(studies, sampler, progress=bool(args.dataset) and args.sampler)
+  rows = generator.generate(studies, sampler, progress=bool(args.dataset) and profile.sampler)
   total = time.perf_counter() - start
   summary = inference.speed_summary(rows)
 
@@ -259,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     row = rows[0]
     print(row["prediction"])
     print(
-      f"[{args.sampler}] TPF {summary['tpf']:.2f} ({row['tokens']} tokens, {row['forwards']} "
+      f"[{profile.sampler}] TPF {summary['tpf']:.2f} ({row['tokens']} tokens, {row['forwards']} "
       f"forwards), latency {summary['ms_per_report']:.1f} ms, "
       f"{summary['tokens_per_second']:.1f} tokens/s; first call with compilation {total:.1f} s",
       file=sys.stderr,
@@ -277,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
       }
       f.write(json.dumps(record) + "\n")
   print(
-    f"[{args.sampler}] {summary['reports']} reports -> {args.out}: TPF {summary['tpf']:.2f}, "
+    f"[{profile.sampler}] {summary['reports']} reports -> {args.out}: TPF {summary['tpf']:.2f}, "
     f"{summary['tokens_per_second']:.1f} tokens/s, {summary['ms_per_report']:.1f} ms/report, "
     f"{summary['loops']} loops (compile excluded; wall {total:.1f} s)",
     file=sys.stderr,

@@ -226,11 +226,15 @@ def test_refuses_pickle(tiny_checkpoint, tmp_path):
     echo_jax.load_pretrained(tmp_path, token_ids=IDS)
 
 
-def test_refuses_remote_code(tiny_checkpoint, tmp_path):
-  edit = lambda config, tensors: config.update(auto_map={"AutoModel": "x.Y"})
+def test_remote_code_config_is_read_as_data(tiny_checkpoint, tmp_path):
+  """`auto_map` names code in the directory; the weights load and the code never runs."""
+  edit = lambda config, tensors: config.update(auto_map={"AutoModel": "modeling_x.Y"})
   path = _copy_with(tiny_checkpoint, tmp_path / "remote", edit)
-  with pytest.raises(ValueError, match="remote code"):
-    echo_jax.load_pretrained(path, token_ids=IDS)
+  (path / "modeling_x.py").write_text("raise SystemExit('remote code ran')\n")
+  model, _ = echo_jax.load_pretrained(path, token_ids=IDS)
+  plain, _ = echo_jax.load_pretrained(tiny_checkpoint, token_ids=IDS)
+  for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(plain))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.parametrize(
@@ -243,7 +247,7 @@ def test_refuses_remote_code(tiny_checkpoint, tmp_path):
     (lambda c, t: t.update(extra=np.zeros(3, np.float32)), "unexpected.*extra"),
     (
       lambda c, t: t.update({"model.layers.0.self_attn.k_proj.bias": np.zeros(3, np.float32)}),
-      r"model.layers.0.self_attn.k_proj.bias has shape \(3,\)",
+      r"mis-shaped: model.layers.0.self_attn.k_proj.bias \(3,\)",
     ),
     (lambda c, t: t.pop("visual.blocks.0.attn.qkv.bias"), "visual.blocks.0.attn.qkv.bias"),
   ],

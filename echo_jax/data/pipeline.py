@@ -208,6 +208,7 @@ class StudyExamples:
   context_len: int
   response_len: int
   max_patches: int
+  instruction: str | None = None  # the user turn's text; None = the ECHO instruction
 
   def __call__(self, study: Any) -> Example:
     from echo_jax.data import images, tokenizer
@@ -223,7 +224,9 @@ class StudyExamples:
       )
     merge = self.model_config.vision.spatial_merge_size
     prompt = tokenizer.encode_prompt(
-      self.tokenizer, [images.num_image_tokens(g, merge) for g in grid_thw]
+      self.tokenizer,
+      [images.num_image_tokens(g, merge) for g in grid_thw],
+      self.instruction or tokenizer.ECHO_INSTRUCTION,
     )
     if len(prompt) > self.context_len:
       raise ValueError(

@@ -1,6 +1,7 @@
 """Import and export Hugging Face Qwen2.5-VL checkpoints (safetensors only, no torch).
 
     model, config = load_pretrained("/path/to/Lingshu-7B", dtype="bfloat16")
+    model, config = load_pretrained("/path/to/ECHO_block8")   # a released ECHO directory
     save_pretrained(model, config, "/path/to/out")   # opens in transformers again
 
 A checkpoint directory holds `config.json` and either `model.safetensors` or a
@@ -11,10 +12,18 @@ name layouts are read too: "model.layers.*" / "visual.*" (what save_pretrained
 writes) and "model.language_model.*" / "model.visual.*"; export writes the
 former.
 
+Weights only, never code: a `config.json` with `auto_map` or a custom
+`model_type` (the released ECHO checkpoints ship their own modeling code for
+`trust_remote_code=True`) is read as data when its fields describe the
+Qwen2.5-VL layout; no file of the directory is imported or run. The
+ECHO-specific fields are read too (`released_fields`): the mask token id,
+resolved against the tokenizer files (`mask_id.py`), and the block length when
+the config states one.
+
 Refused, with a ValueError saying what to do: pickle checkpoints (.bin, .pt,
-.pth, .ckpt: loading them can run arbitrary code), configs asking for remote
-code (`auto_map`, `trust_remote_code`), architectures other than Qwen2.5-VL,
-and any missing, unexpected or mis-shaped tensor (named in the message).
+.pth, .ckpt: loading them can run arbitrary code), configs whose fields are not
+Qwen2.5-VL's, mask ids that disagree between config and tokenizer, and
+missing, unexpected or mis-shaped tensors (all of them named in one message).
 """
 
 from __future__ import annotations
@@ -32,15 +41,30 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from echo_jax.models import mask_id as mask_id_lib
+from echo_jax.models.checkpoint_error import CheckpointError
 from echo_jax.models.config import ModelConfig, TextConfig, TokenIds, VisionConfig
 from echo_jax.models.decoder import Qwen2Decoder
-from echo_jax.models.vision import vision_from_hf, vision_to_hf
+from echo_jax.models.vision import vision_from_hf, vision_hf_shapes, vision_to_hf
 from echo_jax.models.vlm import EchoVLM
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _VISION_PREFIX = "visual."
 # Newer transformers name the submodules differently; map them onto the layout we write.
 _NAME_ALIASES = (("model.language_model.", "model."), ("model.visual.", "visual."))
+# Text and vision fields every Qwen2.5-VL config.json has, whatever its model_type says.
+_TEXT_FIELDS = (
+  "vocab_size",
+  "hidden_size",
+  "intermediate_size",
+  "num_hidden_layers",
+  "num_attention_heads",
+)
+_VISION_FIELDS = ("depth", "hidden_size", "intermediate_size", "num_heads")
+# Families whose tensors would not map even though some field names match.
+_OTHER_ARCHITECTURES = ("qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "llava", "gemma3")
+# Names a config.json may give the block length it was trained with (ECHO-style fields).
+_BLOCK_LENGTH_KEYS = ("block_length", "block_size", "block_len", "bd_size")
 
 
 # --- config ----------------------------------------------------------------------------------
@@ -53,21 +77,31 @@ def config_from_hf(
   param_dtype: str | None = None,
   token_ids: TokenIds | None = None,
 ) -> ModelConfig:
-  """ModelConfig from a Qwen2.5-VL `config.json` dict (either layout). Not validated here."""
-  for key in ("auto_map", "trust_remote_code"):
-    if key in hf or key in hf.get("text_config", {}) or key in hf.get("vision_config", {}):
-      raise ValueError(
-        f"config.json has {key!r}: checkpoints that need remote code are refused; "
-        "use a plain Qwen2.5-VL checkpoint"
-      )
-  if hf.get("model_type") != "qwen2_5_vl":
+  """ModelConfig from a Qwen2.5-VL `config.json` dict (either layout). Not validated here.
+
+  `auto_map`, `trust_remote_code` and a `model_type` other than "qwen2_5_vl" (custom
+  modeling code, e.g. the released ECHO checkpoints) are ignored: only the fields are
+  read, and they must describe the Qwen2.5-VL layout (else ValueError naming the gaps).
+  """
+  model_type = hf.get("model_type")
+  if model_type in _OTHER_ARCHITECTURES:
     raise ValueError(
-      f"config.json has model_type={hf.get('model_type')!r}; only 'qwen2_5_vl' is supported"
+      f"config.json has model_type={model_type!r}; only the Qwen2.5-VL layout is supported"
     )
   tc = {**hf, **(hf.get("text_config") or {})}  # nested fields win over flat ones
   vc = hf.get("vision_config") or {}
   if "vision_config" not in hf:
-    raise ValueError("config.json has no vision_config")
+    raise ValueError(
+      f"config.json (model_type={model_type!r}) has no vision_config: it does not describe "
+      "a Qwen2.5-VL model"
+    )
+  absent = [f"text {k}" for k in _TEXT_FIELDS if k not in tc]
+  absent += [f"vision_config.{k}" for k in _VISION_FIELDS if k not in vc]
+  if absent:
+    raise ValueError(
+      f"config.json (model_type={model_type!r}) lacks the Qwen2.5-VL field(s) "
+      f"{', '.join(absent)}; it is not a Qwen2.5-VL-shaped checkpoint"
+    )
   for name, sub in (("text", tc), ("vision", vc)):
     if sub.get("hidden_act", "silu") != "silu":
       raise ValueError(f"{name} hidden_act={sub['hidden_act']!r} is not supported (only 'silu')")
@@ -192,6 +226,69 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
   }
 
 
+# --- ECHO fields -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleasedFields:
+  """What a checkpoint directory says beyond the Qwen2.5-VL layout.
+
+  model_type: config.json's model_type (a custom one for the released ECHO models);
+  remote_code: the config asks for custom modeling code (`auto_map`), which is never run;
+  mask: the resolved mask id and its source (mask_id.py), None when nothing states one;
+  block_len: the block length stated by the config, None when absent.
+  """
+
+  model_type: str | None
+  remote_code: bool
+  mask: mask_id_lib.MaskId | None
+  block_len: int | None
+
+
+def read_config(path: str | pathlib.Path) -> dict[str, Any]:
+  """The config.json of a checkpoint directory as a dict (ValueError when absent or bad)."""
+  config_file = pathlib.Path(path) / "config.json"
+  if not config_file.is_file():
+    raise ValueError(f"{config_file} does not exist; expected a Hugging Face model directory")
+  try:
+    hf = json.loads(config_file.read_text(encoding="utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"{config_file} is not valid JSON ({e}); download it again") from None
+  if not isinstance(hf, dict):
+    raise ValueError(f"{config_file} holds a {type(hf).__name__}, not a JSON object")
+  return hf
+
+
+def released_fields(
+  path: str | pathlib.Path, hf: dict[str, Any] | None = None, *, mask_token_id: int | None = None
+) -> ReleasedFields:
+  """The ECHO fields of a checkpoint directory (see ReleasedFields); reads data only."""
+  hf = read_config(path) if hf is None else hf
+  remote = any(
+    key in where
+    for key in ("auto_map", "trust_remote_code")
+    for where in (hf, hf.get("text_config") or {}, hf.get("vision_config") or {})
+  )
+  return ReleasedFields(
+    model_type=hf.get("model_type"),
+    remote_code=remote,
+    mask=mask_id_lib.resolve_mask_id(path, hf, mask_token_id),
+    block_len=config_block_len(hf),
+  )
+
+
+def config_block_len(hf: dict[str, Any]) -> int | None:
+  """The block length a config.json dict states (top level, then text_config), or None."""
+  for where in (hf, hf.get("text_config") or {}):
+    for key in _BLOCK_LENGTH_KEYS:
+      value = where.get(key)
+      if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+          raise ValueError(f"config.json has {key}={value!r}; expected a positive int")
+        return value
+  return None
+
+
 # --- tensors ---------------------------------------------------------------------------------
 
 
@@ -283,6 +380,46 @@ def _names(names: list[str], limit: int = 8) -> str:
   return ", ".join(names[:limit]) + more
 
 
+def _check_tensors(
+  path: pathlib.Path,
+  ckpt: _Checkpoint,
+  text_names: set[str],
+  table: dict[str, tuple[nnx.Param, bool]],
+  edited: dict[str, np.ndarray],
+  vision_shapes: dict[str, tuple[int, ...]],
+) -> None:
+  """One ValueError listing every missing, unexpected and mis-shaped tensor (shapes are
+  read from the file headers, nothing is loaded)."""
+  want = {
+    name: (param.value.shape[::-1] if transposed else param.value.shape)
+    for name, (param, transposed) in table.items()
+  }
+  want.update(vision_shapes)
+  have = text_names | {n for n in ckpt.names() if n.startswith(_VISION_PREFIX)}
+  missing = sorted(set(want) - have)
+  extra = sorted(have - set(want))
+  shapes = {n: (edited[n].shape if n in edited else ckpt.shape(n)) for n in set(want) & have}
+  wrong = sorted(
+    f"{n} {tuple(shapes[n])} (expected {tuple(want[n])})"
+    for n in shapes
+    if tuple(shapes[n]) != tuple(want[n])
+  )
+  problems = []
+  if missing:
+    problems.append(f"{len(missing)} missing: {_names(missing)}")
+  if extra:
+    problems.append(f"{len(extra)} unexpected: {_names(extra)}")
+  if wrong:
+    problems.append(f"{len(wrong)} mis-shaped: {_names(wrong)}")
+  if problems:
+    raise CheckpointError(
+      "tensors that do not match config.json",
+      where=str(path),
+      why="; ".join(problems),
+      fix="check that config.json and the weights come from the same checkpoint",
+    )
+
+
 def load_pretrained(
   path: str | pathlib.Path,
   *,
@@ -296,27 +433,36 @@ def load_pretrained(
   dtype: compute dtype ("float32" | "bfloat16"); param_dtype: storage dtype (default dtype).
   token_ids: special token ids; by default taken from config.json where it has them
     (pad, eos, vision ids) and from `TokenIds()` otherwise (im_start, mask).
-  mask_token_id: id of the diffusion token <|MASK|> (default: token_ids.mask).
+  mask_token_id: id of the diffusion token <|MASK|>. By default the directory's own:
+    config.json `mask_token_id`, else the tokenizer's mask token, else the id of
+    <|MASK|> in tokenizer.json (mask_id.py; all stated ids must agree, and must agree
+    with token_ids.mask when token_ids is given); else token_ids.mask.
     Qwen2.5-VL-7B's embedding has spare rows past its tokenizer, so the id usually has
     a row already. If the id equals the number of rows, one row is appended to the
     embedding (and to an untied lm_head), initialized to the mean of the existing rows,
     and vocab_size grows by one. A larger id is refused.
   """
   path = pathlib.Path(path)
-  config_file = path / "config.json"
-  if not config_file.exists():
-    raise ValueError(f"{config_file} does not exist; expected a Hugging Face model directory")
-  config = config_from_hf(
-    json.loads(config_file.read_text()), dtype=dtype, param_dtype=param_dtype, token_ids=token_ids
-  )
-  if mask_token_id is not None:
-    config = config.replace(tokens=dataclasses.replace(config.tokens, mask=mask_token_id))
+  hf = read_config(path)
+  config = config_from_hf(hf, dtype=dtype, param_dtype=param_dtype, token_ids=token_ids)
+  resolved = mask_id_lib.resolve_mask_id(path, hf, mask_token_id)
+  if resolved is not None:
+    if token_ids is not None and mask_token_id is None and token_ids.mask != resolved.id:
+      raise CheckpointError(
+        "a mask token id that disagrees with the tokenizer in use",
+        where=str(path),
+        why=f"{resolved.source} = {resolved.id} but the given token_ids say mask={token_ids.mask}",
+        fix="load the tokenizer shipped with these weights",
+      )
+    config = config.replace(tokens=dataclasses.replace(config.tokens, mask=resolved.id))
   ckpt = _Checkpoint(path)
 
   # Tensors are read one at a time (memory-mapped) so a 7B import holds about one copy.
   names = {n for n in ckpt.names() if not n.startswith(_VISION_PREFIX)}
   if "model.embed_tokens.weight" not in names:
-    raise ValueError(f"{path} has no model.embed_tokens.weight")
+    raise ValueError(
+      f"{path} has no model.embed_tokens.weight (nor model.language_model.embed_tokens.weight)"
+    )
   edited: dict[str, np.ndarray] = {}  # tensors changed on import (tables with a new row)
   rows = ckpt.shape("model.embed_tokens.weight")[0]
   if rows != config.text.vocab_size:
@@ -345,17 +491,9 @@ def load_pretrained(
 
   model = nnx.eval_shape(lambda: EchoVLM(config, rngs=nnx.Rngs(0)))
   table = text_param_table(model.text)
-  missing = sorted(set(table) - names)
-  extra = sorted(names - set(table))
-  if missing:
-    raise ValueError(f"checkpoint is missing {len(missing)} tensors: {_names(missing)}")
-  if extra:
-    raise ValueError(f"checkpoint has {len(extra)} unexpected tensors: {_names(extra)}")
+  _check_tensors(path, ckpt, names, table, edited, vision_hf_shapes(model.vision, _VISION_PREFIX))
   for name, (param, transposed) in table.items():
     array = edited[name] if name in edited else ckpt.get(name)
-    want = param.value.shape[::-1] if transposed else param.value.shape
-    if array.shape != want:
-      raise ValueError(f"tensor {name} has shape {array.shape}; expected {want}")
     param.value = jnp.asarray(array.T if transposed else array, dtype=param.value.dtype)
   vision = {n: ckpt.get(n) for n in ckpt.names() if n.startswith(_VISION_PREFIX)}
   vision_from_hf(model.vision, vision, _VISION_PREFIX)

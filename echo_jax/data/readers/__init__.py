@@ -5,6 +5,7 @@
   read_dataset("chexpert-plus", "/data/chexpert-plus", require="both")
   read_dataset("rexrank", "/data/rexrank/iu", json_path=".../IU_test.json")
   read_dataset("rexgradient", "/data/rexgradient", fields=RexGradientFields(images="image_paths"))
+  read_dataset("echo-json", "/data/CXRTest_demo/jsons/mimic_test_EN_for_infer_normalize_demo.json")
 
 Options every reader takes: splits (keep only these of "train"/"val"/"test"), views (None,
 "frontal" or ViewPosition names), max_images (per study, frontal first), require ("any",
@@ -19,6 +20,7 @@ from collections.abc import Callable
 
 from echo_jax.data.readers.chexpert_plus import read_chexpert_plus
 from echo_jax.data.readers.common import DatasetFileError, DatasetOptionError
+from echo_jax.data.readers.echo_json import read_echo_json
 from echo_jax.data.readers.mimic_cxr_jpg import read_mimic_cxr_jpg
 from echo_jax.data.readers.r2gen import read_r2gen
 from echo_jax.data.readers.rexgradient import RexGradientFields, read_rexgradient
@@ -31,6 +33,7 @@ READERS: dict[str, Callable[..., list[Study]]] = {
   "chexpert-plus": read_chexpert_plus,
   "rexrank": read_rexrank,
   "rexgradient": read_rexgradient,
+  "echo-json": read_echo_json,
 }
 
 
@@ -66,6 +69,7 @@ __all__ = [
   "RexGradientFields",
   "read_chexpert_plus",
   "read_dataset",
+  "read_echo_json",
   "read_mimic_cxr_jpg",
   "read_r2gen",
   "read_rexgradient",
