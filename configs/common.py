@@ -12,9 +12,9 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   """All keys of a training run with CPU-friendly defaults."""
   c = ml_collections.ConfigDict()
-  # training stage: "vision" (tower pretraining on image labels), "ar" (causal LM),
-  # "rad" (block diffusion) or "dcd" (one-step distillation)
-  c.stage = "ar"
+  # "vision" = tower pretraining on image labels, "ar" = causal LM,
+  # "rad" = block diffusion, "dcd" = one-step distillation
+  c.stage = "ar"  # training stage: vision | ar | rad | dcd
   c.preset = "tiny"  # name of the preset this config was built from (reported in logs)
   c.seed = 0  # seeds parameter init, data order and diffusion noise
   # Checkpoints, TensorBoard logs and sample reports; a run resumes from here.
@@ -58,8 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_pixels = 112 * 112  # largest resized image area (max_pixels / 14**2 patches)
   c.data.context_len = 128  # P: context tokens, left-padded; a multiple of the block length
   c.data.response_len = 96  # R: report + EOS + pad tokens; a multiple of the block length
-  # Reports longer than response_len lose their end (and EOS): refused unless allowed.
-  c.data.allow_truncation = False
+  c.data.allow_truncation = False  # allow reports longer than response_len (their end is cut)
   c.data.max_patches = 64  # ViT patches per example after padding (multiple of merge**2 = 4)
   c.data.worker_count = 0  # Grain worker processes (0 = load in the main process)
   c.data.worker_buffer_size = 2  # batches each worker prepares ahead

@@ -30,7 +30,7 @@ def test_rad_presets_freeze_vision_and_start_from_ar():
   assert tiny.freeze == big.freeze == ("vision",)
   assert tiny.init.path == ""  # runs alone; the main job starts it from its AR stage
   main_job = load("configs/dcd.py")
-  assert main_job.stages.rad.init.path == "ar" and main_job.order[:2] == ("ar", "rad")
+  assert main_job.stages.rad.init.path == "ar" and main_job.order[:3] == ("vision", "ar", "rad")
   assert big.model.preset == "lingshu-7b" and big.model.dtype == "bfloat16" and big.model.remat
   assert big.mesh.fsdp == -1
   assert load("configs/rad.py:tiny,block_len=4").rad.block_len == 4

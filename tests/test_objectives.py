@@ -21,7 +21,8 @@ def _config(stage="rad", *overrides):
 
 
 def test_every_config_stage_has_an_objective():
-  assert set(objectives.OBJECTIVES) == set(config_lib.STAGES)
+  # The vision stage trains a probe model, not the VLM: its loss is train/vision_stage.py's.
+  assert set(objectives.OBJECTIVES) | {"vision"} == set(config_lib.STAGES)
 
 
 def test_stage_config_is_read_once_into_a_frozen_hashable_value():
