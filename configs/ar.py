@@ -14,27 +14,15 @@ Run (from the repository root):
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _common():
-  # Config files are loaded by path (not as a package): import the sibling module by path.
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py")
-  spec = importlib.util.spec_from_file_location("echo_jax_configs_common", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
+from configs import common
 
 PRESETS = ("tiny", "7b")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  common = _common()
-  args = common.parse_arg(arg, preset="tiny")
+  args = common.parse_arg(arg, source="configs/ar.py", preset="tiny")
   if args.preset not in PRESETS:
     raise ValueError(
       f"unknown preset {args.preset!r} for configs/ar.py; known: {', '.join(PRESETS)}"

@@ -1,10 +1,12 @@
 """Keys shared by every training stage, each with its default and what it means.
 
-Stage files (`ar.py`, `rad.py`) start from `base_config()` and change only what
+Stage files (`ar.py`, `rad.py`, ...; `from configs import common`) start from `base_config()` and change only what
 differs. Override any key on the command line with `--config.<key>=<value>`.
 """
 
 from __future__ import annotations
+
+import ast
 
 import ml_collections
 
@@ -90,16 +92,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample_every = 0  # steps between logging generated sample reports (0 = never)
   c.num_samples = 4  # reports generated per sample pass
 
+  # Stages rad and dcd (the paper uses 4 or 8); stage ar ignores it.
+  c.block_len = 8  # B: tokens per block
+
   # Block diffusion (used by stage "rad").
   c.rad = ml_collections.ConfigDict()
-  c.rad.block_len = 8  # B: tokens per block (the paper uses 4 or 8)
   c.rad.eps = 1e-3  # smallest noise level t (loss weight 1/t <= 1/eps)
   c.rad.per_block_noise = False  # one noise level per block instead of per example
   c.rad.complementary = False  # add the complementary noisy copy (every token trained once)
   # Block lengths drawn per step, e.g. (4, 8): one teacher for students of each B (() = off).
   c.rad.mixed_block_lens = ()  # each must divide context_len and response_len
 
-  # One-step distillation (stage "dcd", ECHO.md §6): block length from rad.block_len.
+  # One-step distillation (stage "dcd"): the student's block length is `block_len`.
   c.dcd = ml_collections.ConfigDict()
   c.dcd.teacher_path = ""  # the RAD teacher: an echo_jax workdir or checkpoint step
   c.dcd.threshold = 0.85  # tau of the teacher's multi-step confidence rule
@@ -148,28 +152,31 @@ def lingshu_7b(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return cfg
 
 
-def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+def parse_arg(arg: str | None, *, source: str = "config", **defaults) -> ml_collections.ConfigDict:
   """Parse a big_vision-style config argument "preset,key=value,flag" into a ConfigDict.
 
   The first bare word is the preset (defaults["preset"] when absent). `key=value` pairs
-  take Python literals; a bare word after the preset sets that key to True.
+  take Python literals; a bare word after the preset sets that key to True. Only the keys
+  of `defaults` are arguments: any other is an error naming it and `source` (the file).
   """
-  import ast
-
   out = ml_collections.ConfigDict(dict(defaults))
   if not arg:
     return out
+  known = ", ".join(k for k in defaults if k != "preset") or "none"
   for i, part in enumerate(p.strip() for p in arg.split(",")):
     if not part:
       continue
     if "=" in part:
-      key, value = part.split("=", 1)
+      key, value = (s.strip() for s in part.split("=", 1))
       try:
-        out[key.strip()] = ast.literal_eval(value)
+        parsed = ast.literal_eval(value)
       except (ValueError, SyntaxError):
-        out[key.strip()] = value
+        parsed = value
     elif i == 0:
-      out.preset = part
+      key, parsed = "preset", part
     else:
-      out[part] = True
+      key, parsed = part, True
+    if key not in defaults:
+      raise ValueError(f"{source}:{arg}: unknown argument {key!r} (arguments of {source}: {known})")
+    out[key] = parsed
   return out

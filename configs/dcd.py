@@ -1,13 +1,9 @@
 r"""Stage 3 (ECHO): Distribution-Corrected Distillation into a one-step-per-block student.
 
 Presets:
-  tiny            (the default) the main job: the whole ECHO pipeline on the synthetic
-                  benchmark on a CPU. Writes the benchmark, trains AR, the RAD teacher
-                  (from AR; block lengths 4 and 8 mixed) and DCD students for B = 4 and 8,
-                  evaluates every model on the test split: results.json, results.md and
-                  an HTML report in the workdir. Stages already finished are reused.
-  tiny_ablations  the same plus the DCD ablations of the paper's Table 2 at B = 8:
-                  no step weights, no EOS term, reverse KL.
+  tiny            (the default) the main job, configs/echo.py: the whole ECHO pipeline
+                  (vision, ar, rad, dcd) on the synthetic benchmark on a CPU.
+  tiny_ablations  configs/echo.py:tiny_ablations (the DCD ablations of Table 2 added).
   7b              one DCD stage at Lingshu-7B size from a RAD teacher workdir.
 
 Run (from the repository root):
@@ -20,166 +16,16 @@ Run (from the repository root):
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _sibling(name: str):
-  # Config files are loaded by path (not as a package): import the siblings by path.
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"echo_jax_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
+from configs import common, echo, rad
 
 PRESETS = ("tiny", "tiny_ablations", "7b")
-
-# The tiny benchmark's sequence layout: 1-2 views of 16 vision tokens each plus the
-# prompt fit in 64 context tokens; the longest report of the 2,000 studies has 107
-# tokens with its EOS (checked when a stage starts), so 112 = 14 blocks of 8.
-TINY_CONTEXT_LEN = 64
-TINY_RESPONSE_LEN = 112
-
-
-def _tiny_stage(common, stage: str, **changes) -> ml_collections.ConfigDict:
-  c = common.base_config()
-  c.stage = stage
-  c.preset = "tiny"
-  c.data.context_len = TINY_CONTEXT_LEN
-  c.data.response_len = TINY_RESPONSE_LEN
-  c.data.num_studies = 2000
-  c.batch_size = 16
-  c.log_every = 25
-  c.eval_every = 0
-  c.checkpoint_every = 100
-  c.tensorboard = True
-  for key, value in changes.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
-
-
-def _dcd_stage(common, block_len: int, **changes) -> ml_collections.ConfigDict:
-  return _tiny_stage(
-    common,
-    "dcd",
-    **{
-      "rad.block_len": block_len,
-      "dcd.teacher_path": "rad",  # a stage name: resolved to <workdir>/rad
-      "total_steps": 150,
-      "optimizer.learning_rate": 5e-4,
-      "optimizer.warmup_steps": 10,
-      "freeze": ("vision",),
-      **changes,
-    },
-  )
-
-
-def pipeline_config(ablations: bool) -> ml_collections.ConfigDict:
-  """The main job: stages, in order, and the models evaluated on the test split."""
-  common = _sibling("common")
-  c = ml_collections.ConfigDict()
-  c.stage = "pipeline"  # runs echo_jax.reproduce instead of one training stage
-  c.preset = "tiny_ablations" if ablations else "tiny"
-  c.seed = 0  # every stage's seed (init, data order, noise)
-  c.workdir = "workdir/tiny"  # one subdirectory per stage, the benchmark and the results
-  c.data_path = ""  # the synthetic benchmark ("" = <workdir>/synthetic)
-
-  # Training stages; workdir, data.path, init.path and dcd.teacher_path naming another
-  # stage are resolved under the pipeline's workdir. Override with
-  # --config.stages.<name>.<key>=value.
-  c.stages = ml_collections.ConfigDict()
-  # The vision tower learns the images' findings first (configs/vision.py): the
-  # analog of the pretrained VLM the paper starts from.
-  c.stages.vision = _tiny_stage(
-    common,
-    "vision",
-    total_steps=600,
-    batch_size=32,
-    eval_every=200,
-    eval_batches=0,
-    checkpoint_every=200,
-    **{
-      "optimizer.learning_rate": 1e-3,
-      "optimizer.warmup_steps": 50,
-      "optimizer.weight_decay": 1e-4,
-    },
-  )
-  c.stages.ar = _tiny_stage(
-    common,
-    "ar",
-    total_steps=300,
-    freeze=("vision",),  # the pretrained tower stays as it is (fine-tuning it loses most)
-    **{
-      "init.vision_path": "vision",  # a stage name: resolved to <workdir>/vision
-      "optimizer.learning_rate": 1.5e-3,
-      "optimizer.warmup_steps": 20,
-    },
-  )
-  c.stages.rad = _tiny_stage(
-    common,
-    "rad",
-    total_steps=400,
-    freeze=("vision",),
-    **{
-      "init.path": "ar",
-      "rad.block_len": 8,
-      "rad.mixed_block_lens": (4, 8),
-      "optimizer.learning_rate": 1.5e-3,
-      "optimizer.warmup_steps": 20,
-    },
-  )
-  c.stages.dcd_b4 = _dcd_stage(common, 4)
-  c.stages.dcd_b8 = _dcd_stage(common, 8)
-  order = ["vision", "ar", "rad", "dcd_b4", "dcd_b8"]
-  if ablations:
-    c.stages.dcd_b8_no_step_weights = _dcd_stage(common, 8, **{"dcd.step_weights": False})
-    c.stages.dcd_b8_no_eos = _dcd_stage(common, 8, **{"dcd.eos_weight": 0.0})
-    c.stages.dcd_b8_reverse_kl = _dcd_stage(common, 8, **{"dcd.divergence": "reverse_kl"})
-    order += ["dcd_b8_no_step_weights", "dcd_b8_no_eos", "dcd_b8_reverse_kl"]
-  c.order = tuple(order)
-
-  # Evaluation on the test split: (row name, stage, sampler, block length).
-  # Samplers: ar (greedy, TPF 1), multi_step (steps = B, tau), one_step (TPF = B).
-  c.eval = ml_collections.ConfigDict()
-  c.eval.run = True  # False: train the stages only
-  c.eval.split = "test"
-  c.eval.num_studies = 0  # 0 = the whole split
-  c.eval.batch_size = 50
-  c.eval.threshold = 0.85  # tau of the multi-step rows
-  c.eval.n_boot = 200  # bootstrap resamples for the confidence intervals
-  rows = [
-    ("AR", "ar", "ar", 1),
-    ("RAD multi-step B=4", "rad", "multi_step", 4),
-    ("RAD multi-step B=8", "rad", "multi_step", 8),
-    ("RAD one-step B=4 (no DCD)", "rad", "one_step", 4),
-    ("RAD one-step B=8 (no DCD)", "rad", "one_step", 8),
-    ("DCD one-step B=4", "dcd_b4", "one_step", 4),
-    ("DCD one-step B=8", "dcd_b8", "one_step", 8),
-  ]
-  if ablations:
-    rows += [
-      ("DCD B=8 no step weights", "dcd_b8_no_step_weights", "one_step", 8),
-      ("DCD B=8 no EOS term", "dcd_b8_no_eos", "one_step", 8),
-      ("DCD B=8 reverse KL", "dcd_b8_reverse_kl", "one_step", 8),
-    ]
-  c.eval.rows = tuple(rows)
-  # Controls (echo_jax/eval/controls.py): the AR model decoding every study with the
-  # images of another test study, and one constant training report for every study.
-  c.eval.deranged_rows = (("AR, images of another study", "ar", "ar", 1),)
-  c.eval.constant_report = True
-  return c
 
 
 def seven_b_config() -> ml_collections.ConfigDict:
   """One DCD stage at Lingshu-7B size from a RAD (ECHO_Base) teacher workdir."""
-  c = _sibling("rad").get_config("7b")
+  c = rad.get_config("7b")
   c.stage = "dcd"
   c.preset = "7b"
   c.workdir = "workdir/7b/dcd_b8"
@@ -192,12 +38,11 @@ def seven_b_config() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  common = _sibling("common")
-  args = common.parse_arg(arg, preset="tiny")
+  args = common.parse_arg(arg, source="configs/dcd.py", preset="tiny")
   if args.preset not in PRESETS:
     raise ValueError(
       f"unknown preset {args.preset!r} for configs/dcd.py; known: {', '.join(PRESETS)}"
     )
   if args.preset == "7b":
     return seven_b_config()
-  return pipeline_config(ablations=args.preset == "tiny_ablations")
+  return echo.get_config(args.preset)

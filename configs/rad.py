@@ -1,7 +1,7 @@
 r"""Stage 2 (ECHO_Base): Response-Asymmetric Diffusion training from the AR model.
 
-The sequence is [context | noisy response | clean response] with the mask of
-ECHO.md §5. Training starts from the stage-1 weights (`init.path`: an echo_jax AR
+The sequence is [context | noisy response | clean response] with the response-asymmetric
+mask of echo_jax/models/masks.py. Training starts from the stage-1 weights (`init.path`: an echo_jax AR
 workdir, or a Hugging Face directory) with the vision tower and merger frozen.
 
 Presets:
@@ -19,27 +19,15 @@ Run (from the repository root):
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _common():
-  # Config files are loaded by path (not as a package): import the sibling module by path.
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py")
-  spec = importlib.util.spec_from_file_location("echo_jax_configs_common", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
+from configs import common
 
 PRESETS = ("tiny", "7b")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  common = _common()
-  args = common.parse_arg(arg, preset="tiny", block_len=8)
+  args = common.parse_arg(arg, source="configs/rad.py", preset="tiny", block_len=8)
   if args.preset not in PRESETS:
     raise ValueError(
       f"unknown preset {args.preset!r} for configs/rad.py; known: {', '.join(PRESETS)}"
@@ -48,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.stage = "rad"
   c.preset = args.preset
   c.freeze = ("vision",)  # the paper trains the LLM only: ViT and merger stay frozen
-  c.rad.block_len = int(args.block_len)
+  c.block_len = int(args.block_len)
   c.init.format = "auto"
   if args.preset == "tiny":
     c.workdir = "workdir/tiny/rad"

@@ -17,25 +17,14 @@ Run (from the repository root):
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _common():
-  # Config files are loaded by path (not as a package): import the sibling module by path.
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py")
-  spec = importlib.util.spec_from_file_location("echo_jax_configs_common", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
+from configs import common
 
 PRESETS = ("tiny",)
 
 
-def tiny_vision(common) -> ml_collections.ConfigDict:
+def tiny_vision() -> ml_collections.ConfigDict:
   """The vision stage of the tiny main job (also `configs/vision.py:tiny`)."""
   c = common.base_config()
   c.stage = "vision"
@@ -55,10 +44,9 @@ def tiny_vision(common) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  common = _common()
-  args = common.parse_arg(arg, preset="tiny")
+  args = common.parse_arg(arg, source="configs/vision.py", preset="tiny")
   if args.preset not in PRESETS:
     raise ValueError(
       f"unknown preset {args.preset!r} for configs/vision.py; known: {', '.join(PRESETS)}"
     )
-  return tiny_vision(common)
+  return tiny_vision()

@@ -9,8 +9,10 @@ config against the machine before any compute and reports every problem at once.
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
 import os
+import sys
 from collections.abc import Sequence
 
 import ml_collections
@@ -24,6 +26,8 @@ STAGES = ("vision", "ar", "rad", "dcd")
 DTYPES = ("float32", "bfloat16")
 INIT_FORMATS = ("auto", "echo", "hf")
 MESH_AXES = ("data", "fsdp", "tensor")
+# The repository root: holds the `configs` package the config files import themselves from.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASETS = ("synthetic", "r2gen", "mimic-cxr-jpg", "chexpert-plus", "rexrank", "rexgradient")
 
 
@@ -38,24 +42,64 @@ class ConfigError(ValueError):
 
 def define_config_flag(name: str = "config"):
   """`--config=path.py:arg` plus `--config.key=value` overrides, as an absl flag."""
+  _ensure_configs_importable()  # absl executes the config file by path
   return config_flags.DEFINE_config_file(
     name, None, "Training config file and preset: configs/<stage>.py:<preset>.", lock_config=True
   )
 
 
+def _ensure_configs_importable() -> None:
+  # `from configs import common` inside a config file needs the repository root on the path
+  # (it is there under `python -m` from the root; not when run from elsewhere).
+  if (
+    os.path.isfile(os.path.join(REPO_ROOT, "configs", "__init__.py")) and REPO_ROOT not in sys.path
+  ):
+    sys.path.append(REPO_ROOT)
+
+
 def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-  """The config of "path/to/file.py[:arg]" with "key=value" overrides applied (no flags needed)."""
+  """The config of "path/to/file.py[:arg]" with "key=value" overrides applied (no flags needed).
+
+  A file of the repository's `configs` package is imported as `configs.<name>`; a user's
+  config file elsewhere is executed by path (it may import `configs` too).
+  """
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise FileNotFoundError(
       f"config file {path!r} does not exist (expected e.g. configs/rad.py:tiny)"
     )
-  module_spec = importlib.util.spec_from_file_location("echo_jax_config_file", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  _ensure_configs_importable()
+  here = os.path.dirname(os.path.abspath(path))
+  if here == os.path.join(REPO_ROOT, "configs"):
+    module = importlib.import_module(f"configs.{os.path.splitext(os.path.basename(path))[0]}")
+  else:
+    module_spec = importlib.util.spec_from_file_location("echo_jax_user_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
   config = module.get_config(arg or None)
   apply_overrides(config, overrides)
   return config
+
+
+def set_key(config: ml_collections.ConfigDict, key: str, value) -> None:
+  """Set the existing dotted key "a.b.c" of `config`; KeyError naming the key if it is not one.
+
+  An int given for a float key becomes a float and a list for a tuple key a tuple.
+  """
+  *parents, leaf = key.strip().split(".")
+  node = config
+  for i, p in enumerate(parents):
+    if not isinstance(node, ml_collections.ConfigDict) or p not in node:
+      raise KeyError(f"config has no key {'.'.join(parents[: i + 1])!r}")
+    node = node[p]
+  if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    raise KeyError(f"config has no key {key.strip()!r}")
+  old = node[leaf]
+  if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if isinstance(old, tuple) and isinstance(value, list):
+    value = tuple(value)
+  node[leaf] = value
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
@@ -64,24 +108,14 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
     key, sep, text = item.partition("=")
     if not sep:
       raise ValueError(f"override {item!r} is not of the form key=value")
-    *parents, leaf = key.strip().split(".")
-    node = config
-    for p in parents:
-      if p not in node:
-        raise KeyError(f"override {item!r}: config has no key {p!r}")
-      node = node[p]
-    if leaf not in node:
-      raise KeyError(f"override {item!r}: config has no key {key.strip()!r}")
     try:
       value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
       value = text
-    old = node[leaf]
-    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
-      value = float(value)
-    if isinstance(old, tuple) and isinstance(value, list):
-      value = tuple(value)
-    node[leaf] = value
+    try:
+      set_key(config, key, value)
+    except KeyError as e:
+      raise KeyError(f"override {item!r}: {e.args[0]}") from None
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
@@ -183,12 +217,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if c.grad_accum_steps < 1:
     p.append(f"grad_accum_steps={c.grad_accum_steps} must be >= 1")
 
-  block = c.rad.block_len
+  block = c.block_len
   blocks = [block] + [b for b in c.rad.mixed_block_lens if b != block]
   if block < 1 or any(b < 1 for b in blocks):
-    p.append(f"rad.block_len={block} and rad.mixed_block_lens must be >= 1")
+    p.append(f"block_len={block} and rad.mixed_block_lens must be >= 1")
   elif c.stage in ("rad", "dcd"):
-    key = "rad.block_len"
+    key = "block_len"
     for b in blocks:
       if b != block:
         key = "rad.mixed_block_lens"

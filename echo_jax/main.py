@@ -1,7 +1,8 @@
 r"""Train ECHO: `python -m echo_jax.main --config=configs/<stage>.py:<preset> [--config.key=value ...]`.
 
 Examples:
-  python -m echo_jax.main --config=configs/dcd.py        # the main job (echo_jax/reproduce.py)
+  python -m echo_jax.main --config=configs/echo.py       # the main job (echo_jax/reproduce.py)
+  python -m echo_jax.main --config=configs/dcd.py        # the same (its default preset)
   python -m echo_jax.main --config=configs/rad.py:tiny --workdir=W --config.total_steps=20
   # multi-host (TPU pods set the coordinator themselves; GPU clusters pass it):
   python -m echo_jax.main --config=configs/rad.py:7b --distributed \
@@ -11,6 +12,8 @@ Examples:
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Sequence
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -52,6 +55,52 @@ class _QuietLibraries(logging.Filter):
     )
 
 
+def _config_args(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+  """The --config spec and the "key=value" of each --config.key=value in `argv`."""
+  spec, overrides = None, []
+  args = list(argv[1:])
+  for i, a in enumerate(args):
+    if a.startswith("--config="):
+      spec = a.split("=", 1)[1]
+    elif a == "--config" and i + 1 < len(args):
+      spec = args[i + 1]
+    elif a.startswith("--config.") and "=" in a:
+      overrides.append(a.removeprefix("--config."))
+  return spec, overrides
+
+
+def config_error(argv: Sequence[str]) -> str | None:
+  """One line naming what is wrong with the config flags of `argv` (None: nothing found)."""
+  spec, overrides = _config_args(argv)
+  if not spec:
+    return None
+  try:
+    config = config_lib.load(spec)
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    return str(e.args[0] if e.args else e)
+  for item in overrides:
+    try:
+      config_lib.apply_overrides(config, [item])
+    except (ValueError, KeyError) as e:
+      message = str(e.args[0] if e.args else e).removeprefix(f"override {item!r}: ")
+      return f"--config.{item}: {message} (in {spec})"
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a wrong preset argument or config key as one line (exit 2)."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError) as error:
+    message = config_error(argv)
+    if message is None:
+      if not isinstance(error, flags.Error):
+        raise
+      return app.parse_flags_with_usage(argv)  # absl's own report of other flag errors
+    sys.stderr.write(f"error: {message}\n")
+    raise SystemExit(2) from None
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -70,7 +119,7 @@ def main(argv: list[str]) -> None:
   if _WORKDIR.value:
     with config.unlocked():
       config.workdir = _WORKDIR.value
-  pipeline = config.stage == "pipeline"  # configs/dcd.py:tiny, the whole ECHO recipe
+  pipeline = config.stage == "pipeline"  # configs/echo.py, the whole ECHO recipe
   from echo_jax import reproduce
   from echo_jax.train import loop
 
@@ -88,4 +137,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -12,7 +12,7 @@ Two profiles:
   looked for among response positions; the text is cut at the first EOS).
 * "echo_jax": checkpoints trained here. The aligned grid (the response starts on a
   block boundary, as training saw it); the block length and the sampler come from
-  the workdir's config.json (`rad.block_len`; stage ar -> "ar", rad -> "multi_step",
+  the workdir's config.json (`block_len`; stage ar -> "ar", rad -> "multi_step",
   dcd -> "one_step"); image sizes from its `data.*` keys. (The block length is the
   config's top-level `block_len`, or `rad.block_len` in older configs.)
 

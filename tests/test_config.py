@@ -33,7 +33,7 @@ def test_rad_presets_freeze_vision_and_start_from_ar():
   assert main_job.stages.rad.init.path == "ar" and main_job.order[:3] == ("vision", "ar", "rad")
   assert big.model.preset == "lingshu-7b" and big.model.dtype == "bfloat16" and big.model.remat
   assert big.mesh.fsdp == -1
-  assert load("configs/rad.py:tiny,block_len=4").rad.block_len == 4
+  assert load("configs/rad.py:tiny,block_len=4").block_len == 4
 
 
 def test_7b_preset_mesh_and_batch_on_a_pod():
@@ -59,7 +59,7 @@ def test_all_errors_are_reported_at_once(tmp_path):
     f"workdir='{tmp_path / 'work'}'",
     "mesh.data=3",
     "batch_size=10",
-    "rad.block_len=5",
+    "block_len=5",
     "optimizer.learning_rate=-1.0",
     "optimizer.b2=1.5",
     "model.dtype='float16'",
@@ -70,8 +70,8 @@ def test_all_errors_are_reported_at_once(tmp_path):
   expected = [
     "init.path=",  # missing init checkpoint
     "mesh data=3xfsdp=1xtensor=1 has 3 devices but 8 are available",
-    f"rad.block_len=5 does not divide data.response_len={config.data.response_len}",
-    f"rad.block_len=5 does not divide data.context_len={config.data.context_len}",
+    f"block_len=5 does not divide data.response_len={config.data.response_len}",
+    f"block_len=5 does not divide data.context_len={config.data.context_len}",
     "optimizer.learning_rate=-1.0 must be > 0",
     "optimizer.b2=1.5 must be in [0, 1)",
     "model.dtype='float16' must be one of",
@@ -145,7 +145,7 @@ def test_main_validates_flags_before_any_compute(tmp_path):
   ok = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
   assert ok.returncode == 0, ok.stderr[-2000:]
   bad = subprocess.run(
-    cmd + ["--config.batch_size=6", "--config.rad.block_len=5"],
+    cmd + ["--config.batch_size=6", "--config.block_len=5"],
     cwd=REPO,
     env=env,
     capture_output=True,
@@ -157,6 +157,67 @@ def test_main_validates_flags_before_any_compute(tmp_path):
     -2000:
   ]  # the message, no traceback
   assert (
-    "batch_size=6" in bad.stderr
-    and "rad.block_len=5 does not divide data.response_len" in bad.stderr
+    "batch_size=6" in bad.stderr and "block_len=5 does not divide data.response_len" in bad.stderr
   )
+
+
+def test_unknown_preset_arguments_are_refused_by_name():
+  with pytest.raises(
+    ValueError, match=r"configs/dcd.py:7b,block_len=4: unknown argument 'block_len'"
+  ):
+    load("configs/dcd.py:7b,block_len=4")
+  with pytest.raises(
+    ValueError, match=r"unknown argument 'blok_len' \(arguments of configs/rad.py: block_len\)"
+  ):
+    load("configs/rad.py:tiny,blok_len=4")
+  with pytest.raises(ValueError, match=r"unknown argument 'fast'"):
+    load("configs/ar.py:tiny,fast")
+
+
+def test_main_job_has_its_own_config_and_dcd_default_still_runs_it():
+  echo, dcd = load("configs/echo.py"), load("configs/dcd.py")
+  assert echo.to_dict() == dcd.to_dict()
+  assert echo.stage == "pipeline" and echo.order == ("vision", "ar", "rad", "dcd_b4", "dcd_b8")
+  assert (
+    load("configs/echo.py:tiny_ablations").to_dict()
+    == load("configs/dcd.py:tiny_ablations").to_dict()
+  )
+  # The block length is a stage's top-level key.
+  assert [echo.stages[s].block_len for s in ("rad", "dcd_b4", "dcd_b8")] == [8, 4, 8]
+  assert "block_len" not in echo.stages.rad.rad
+
+
+def test_configs_import_each_other_as_a_package():
+  for path in (REPO / "configs").glob("*.py"):
+    assert "importlib" not in path.read_text(), path
+
+
+def test_set_key_names_the_missing_key():
+  config = load("configs/ar.py:tiny")
+  config_lib.set_key(config, "optimizer.warmup_steps", 7)
+  config_lib.set_key(config, "optimizer.learning_rate", 1)
+  assert config.optimizer.warmup_steps == 7 and config.optimizer.learning_rate == 1.0
+  with pytest.raises(KeyError, match="no key 'optimizer.nope'"):
+    config_lib.set_key(config, "optimizer.nope", 1)
+  with pytest.raises(KeyError, match="no key 'nope'"):
+    config_lib.set_key(config, "nope.lr", 1)
+  with pytest.raises(KeyError, match="no key 'seed.x'"):
+    config_lib.set_key(config, "seed.x", 1)  # seed is a leaf
+
+
+@pytest.mark.parametrize(
+  "args, named",
+  [
+    (["--config=configs/dcd.py", "--config.no_such_key=1"], "no_such_key"),
+    (["--config=configs/dcd.py:7b,block_len=4"], "'block_len'"),
+  ],
+)
+def test_main_refuses_unknown_keys_and_arguments_in_one_line(args, named):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "echo_jax.main", *args, "--validate_only"]
+  bad = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 2, bad.stderr[-2000:]
+  lines = bad.stderr.strip().splitlines()
+  assert len(lines) == 1 and named in lines[0] and lines[0].startswith("error: "), bad.stderr[
+    -2000:
+  ]

@@ -32,7 +32,7 @@ def setup(tmp_path_factory):
   batch = jax.tree.map(jnp.asarray, batch)
   config = config_lib.load(str(REPO / "configs/rad.py:tiny"), ())
   config.stage = "dcd"
-  config.rad.block_len = BLOCK
+  config.block_len = BLOCK
   config.data.response_len = s.example_fn.response_len
   config.dcd.threshold = 0.3  # a random teacher is rarely confident: force multi-commit steps
   config.dcd.loop_ngram = 0

@@ -35,7 +35,7 @@ def test_stage_config_is_read_once_into_a_frozen_hashable_value():
   assert hash(stage) == hash(StageConfig.from_config(config, model_config))
   with pytest.raises(dataclasses.FrozenInstanceError):
     stage.block_len = 4
-  config.rad.block_len = 4  # the value was read once: later edits do not reach it
+  config.block_len = 4  # the value was read once: later edits do not reach it
   assert stage.block_len == 8
 
 

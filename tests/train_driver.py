@@ -49,7 +49,7 @@ def make_config(task: str, workdir: str, overrides=()):
   config.optimizer.learning_rate = 1e-2
   config.data.context_len = 16
   config.data.response_len = 16
-  config.rad.block_len = 4
+  config.block_len = 4
   config_lib.apply_overrides(config, overrides)
   return config
 

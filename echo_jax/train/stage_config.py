@@ -67,7 +67,7 @@ class StageConfig:
     return cls(
       stage=str(config.stage),
       tokens=model_config.tokens,
-      block_len=int(config.rad.block_len),
+      block_len=int(config.block_len),
       context_len=int(config.data.context_len),
       response_len=int(config.data.response_len),
       mixed_block_lens=tuple(int(b) for b in config.rad.mixed_block_lens),

@@ -69,7 +69,7 @@ def check_response_len(
   if lengths[longest] <= config.data.response_len:
     return
   cut = sum(n > config.data.response_len for n in lengths)
-  block = max([int(config.rad.block_len), *(int(b) for b in config.rad.mixed_block_lens)])
+  block = max([int(config.block_len), *(int(b) for b in config.rad.mixed_block_lens)])
   needed = -(-lengths[longest] // block) * block
   raise config_lib.ConfigError(
     [
