@@ -64,7 +64,3 @@ def variable_shardings(abstract_state: Any, mesh: Mesh, rules: Sequence[tuple[st
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Examples split over data*fsdp devices; the rest of each array replicated."""
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, PartitionSpec())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from echo_jax.data.synthetic.writer import atomic_write_bytes
+from echo_jax.data.synthetic.atomic_files import atomic_write_bytes
 
 
 def pick_examples(records: list[dict], n: int = 6) -> list[dict]:

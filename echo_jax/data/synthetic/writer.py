@@ -24,35 +24,18 @@ import json
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from echo_jax.data.synthetic.atomic_files import atomic_write_bytes, atomic_write_json
+from echo_jax.data.synthetic.gallery import write_gallery
 from echo_jax.data.synthetic.study import MIN_IMAGE_SIZE, SPLITS, generate_study, study_id
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _PARTIAL = ".generation.json"  # parameters of a run in progress
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-  """Writes `data` to `path` via a temporary file in the same folder and a rename."""
-  path = Path(path)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj) -> None:
-  atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
 
 
 def _png_bytes(img: np.ndarray) -> bytes:
@@ -192,8 +175,6 @@ def write_benchmark(
   atomic_write_json(out / "labels.json", labels)
   gallery_path = None
   if gallery:
-    from echo_jax.data.synthetic.gallery import write_gallery
-
     gallery_path = str(write_gallery(out, records))
   summary = {
     "out_dir": str(out),
