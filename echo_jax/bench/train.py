@@ -55,6 +55,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from echo_jax.data import pipeline
 from echo_jax.diffusion import bd3, packed, rad
 from echo_jax.models.config import ModelConfig, TextConfig
 from echo_jax.models.presets import TINY_TOKEN_IDS, get_preset, preset_names
@@ -160,7 +161,7 @@ def synthetic_batch(
   eos_at = r - block_len // 2 - 1  # EOS inside the last block: its pads are trained too
   response[:, eos_at] = ids.eos
   response[:, eos_at + 1 :] = ids.pad
-  positions = np.broadcast_to(np.arange(p, dtype=np.int32), (3, batch, p)).copy()
+  positions = np.broadcast_to(np.arange(p, dtype=np.int32), (batch, 3, p)).copy()  # (B, 3, P)
   return dict(
     context_tokens=context,
     context_positions=positions,
@@ -178,7 +179,7 @@ def make_loss_fn(layout: str, config: ModelConfig, block_len: int, full_logits: 
   def loss_fn(model: EchoVLM, batch: dict[str, jax.Array], key: jax.Array):
     b = pack(
       batch["context_tokens"],
-      batch["context_positions"],
+      pipeline.context_positions_3BP(batch),
       batch["context_valid"],
       batch["response_tokens"],
       batch["response_valid"],

@@ -26,6 +26,7 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -256,3 +257,8 @@ class StudyExamples:
       "vision": jax.tree.map(lambda x: x[0], vision),
       "truncated": np.int32(truncated),
     }
+
+
+def context_positions_3BP(batch: Mapping[str, Any]) -> jax.Array:
+  """A batch's `context_positions`, stored (B, 3, P), in the (3, B, P) layout of the model."""
+  return jnp.swapaxes(batch["context_positions"], 0, 1)

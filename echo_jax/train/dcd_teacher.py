@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import jax.numpy as jnp
 from flax import nnx
 
+from echo_jax.data import pipeline
 from echo_jax.diffusion import dcd
 from echo_jax.models.config import ModelConfig
 from echo_jax.models.decode_model import DecodeContext, EchoDecodeModel
@@ -58,7 +58,7 @@ def make_prepare_batch(
   def prepare(state: TrainState, graphdef: nnx.GraphDef, batch: Any) -> Any:
     context = DecodeContext(
       tokens_BP=batch["context_tokens"],
-      positions_3BP=jnp.swapaxes(batch["context_positions"], 0, 1),
+      positions_3BP=pipeline.context_positions_3BP(batch),
       valid_BP=batch["context_valid"].astype(bool),
       vision=batch.get("vision"),
     )

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from echo_jax.data import pipeline
 from echo_jax.diffusion import ar, dcd_loss, rad
 from echo_jax.diffusion.packed import PackedBatch
 from echo_jax.train import step as step_lib
@@ -34,10 +35,9 @@ Objective = Callable[
 
 
 def _unpack(batch: Batch) -> tuple[jax.Array, ...]:
-  positions_3BP = jnp.swapaxes(batch["context_positions"], 0, 1)  # (B, 3, P) -> (3, B, P)
   return (
     batch["context_tokens"],
-    positions_3BP,
+    pipeline.context_positions_3BP(batch),
     batch["context_valid"].astype(bool),
     batch["response_tokens"],
     batch["next_position"],
