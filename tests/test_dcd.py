@@ -38,6 +38,9 @@ class ScriptedTeacher:
     return _Cache(length=jnp.int32(context.shape[1])), jnp.zeros((context.shape[0],), jnp.int32)
 
   def extend(self, params, cache, tokens_BT, positions_BT, *, block_len, num_append):
+    n_in = tokens_BT.shape[1]
+    # A fused call carries [previous block | this block]: the script reads the last block.
+    tokens_BT, positions_BT = tokens_BT[:, -T:], positions_BT[:, -T:]
     committed = jnp.sum(tokens_BT != MASK, axis=-1, keepdims=True)
     conf = jnp.asarray(BASE_CONF)[None, :] + 0.1 * committed
     block = positions_BT[:, :1] // T
@@ -47,7 +50,9 @@ class ScriptedTeacher:
     probs = jnp.where(
       jax.nn.one_hot(token, V, dtype=bool), conf[..., None], ((1 - conf) / (V - 1))[..., None]
     )
-    return jnp.log(probs), cache.replace(length=cache.length + num_append)
+    logits = jnp.log(probs)
+    logits = jnp.concatenate([jnp.zeros_like(logits)] * (n_in // T - 1) + [logits], axis=1)
+    return logits, cache.replace(length=cache.length + num_append)
 
 
 def _config(**kw):
@@ -69,8 +74,8 @@ def test_stitched_targets_steps_and_weights():
   np.testing.assert_array_equal(out.tokens_BR[0], [3, 4, 5, 6, 3, 4, EOS, 6, PAD, PAD, PAD, PAD])
   np.testing.assert_array_equal(out.targets.valid_BR[0], [True] * 8 + [False] * 4)
   assert bool(jnp.all(out.keep_B)) and bool(jnp.all(out.eos_B))
-  # Two blocks of four teacher steps, plus one forward each writing the block into the cache.
-  assert int(out.teacher_forwards) == 10
+  # Two blocks of four teacher steps; block 0 enters the cache with block 1's first step.
+  assert int(out.teacher_forwards) == 8
   w = step_weights_BR(out.targets.steps_BR, out.targets.valid_BR)
   np.testing.assert_allclose(w[0, :4], np.array([1, 3, 2, 4]) / 2.5)
 

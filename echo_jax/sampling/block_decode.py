@@ -17,6 +17,14 @@ is unfinished and has work in it (the fused forward once; an unfused append
 forward separately); the prefill is not counted. `batch_forwards` counts
 model calls of the batch.
 
+Recording (`record_rollout`, the DCD teacher rollout): greedy decoding on
+the aligned grid that commits, at each step of a block, every masked position
+with confidence >= threshold or else the single most confident one
+(`steps = block_len`), and records per committed position the distribution
+(or its top-k), the commit step and the token. With a prefix model the
+finished block written into the cache (and used for EOS and loop checks) is
+that model's one-step prediction of the block instead of the recorded tokens.
+
 Grids: "aligned" (the model pads the context so the response starts on a
 block boundary) or "released", see `released.py`.
 """
@@ -31,7 +39,7 @@ import jax.numpy as jnp
 
 from echo_jax.sampling import commit, released, stops
 from echo_jax.sampling.protocol import DecodeModel, SplittableContext
-from echo_jax.sampling.state import BlockState, SampleOutput, SampleStats
+from echo_jax.sampling.state import BlockState, Records, SampleOutput, SampleStats
 
 GRIDS = ("aligned", "released")
 
@@ -81,6 +89,39 @@ class BlockSamplerConfig:
   __call__ = sample
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Recording:
+  """What `record_rollout` records. Frozen and hashable: a jit static argument."""
+
+  top_k: int = 0  # 0: the full distribution; else the k most probable tokens and their ids
+  prefix_model: bool = False  # the cache receives the prefix model's one-step blocks
+
+
+def record_rollout(
+  cfg: BlockSamplerConfig,
+  recording: Recording,
+  model: DecodeModel,
+  params: Any,
+  context: Any,
+  prefix_model: DecodeModel | None = None,
+  prefix_params: Any = None,
+) -> tuple[SampleOutput, Records]:
+  """Greedy threshold decoding that records per committed position (module docstring).
+
+  `cfg.steps` must equal `cfg.block_len`, the grid be aligned and sampling greedy.
+  """
+  cfg.validate(model)
+  if cfg.steps != cfg.block_len or cfg.grid != "aligned" or not cfg.sampling.greedy:
+    raise ValueError("recording needs steps == block_len, the aligned grid and greedy sampling")
+  if recording.top_k < 0:
+    raise ValueError(f"top_k={recording.top_k} must be >= 0 (0 = full distribution)")
+  if recording.prefix_model and prefix_model is None:
+    raise ValueError("Recording(prefix_model=True) needs the prefix model and its params")
+  if not recording.prefix_model:
+    prefix_model = prefix_params = None
+  return _record_jit(cfg, model, params, context, None, recording, prefix_model, prefix_params)
+
+
 def _check_model(model: Any, *, needs_split: bool) -> None:
   if not isinstance(model, DecodeModel):
     raise TypeError(
@@ -105,8 +146,15 @@ def _key_at(key: jax.Array | None, block: jax.Array, step: jax.Array) -> jax.Arr
 
 
 def _decode(
-  cfg: BlockSamplerConfig, model: DecodeModel, params: Any, context: Any, key: jax.Array | None
-) -> SampleOutput:
+  cfg: BlockSamplerConfig,
+  model: DecodeModel,
+  params: Any,
+  context: Any,
+  key: jax.Array | None,
+  rec: Recording | None = None,
+  aux: DecodeModel | None = None,
+  aux_params: Any = None,
+):
   T = cfg.block_len
   due_S = jnp.asarray(commit.transfer_schedule(T, cfg.steps), jnp.int32)
   if cfg.grid == "released":
@@ -125,6 +173,12 @@ def _decode(
   slots = model.context_slots(head, block_len=T)
   cache, pos0_B = model.prefill(params, head, cache_length=slots + num_blocks * T, block_len=T)
   pos0_B = pos0_B.astype(jnp.int32)
+  aux_cache = None
+  if aux is not None:
+    aux_cache, _ = aux.prefill(aux_params, head, cache_length=slots + num_blocks * T, block_len=T)
+  threshold = cfg.threshold
+  if rec is not None:  # commit at >= tau
+    threshold = jnp.nextafter(jnp.float32(cfg.threshold), jnp.float32(-1.0))
   idx_T = jnp.arange(T, dtype=jnp.int32)
   is_tail_BT = idx_T[None, :] < tail_len_B[:, None]
 
@@ -134,8 +188,10 @@ def _decode(
   def commit_step(st: BlockState, logits_BTV: jax.Array) -> BlockState:
     tokens, conf = commit.choose_tokens(logits_BTV, cfg.sampling, _key_at(key, st.block, st.step))
     sel = commit.commit_mask(
-      conf, st.masked_BT, due_S[jnp.minimum(st.step, cfg.steps - 1)], cfg.threshold
+      conf, st.masked_BT, due_S[jnp.minimum(st.step, cfg.steps - 1)], threshold
     )
+    if rec is not None:
+      st = st.replace(rec=_record(st.rec, st.block * T, sel, st.step + 1, logits_BTV, rec.top_k))
     return st.replace(
       x_BT=jnp.where(sel, tokens, st.x_BT), masked_BT=st.masked_BT & ~sel, step=st.step + 1
     )
@@ -185,12 +241,34 @@ def _decode(
   def finish_block(st: BlockState, active_B: jax.Array) -> BlockState:
     start = st.block * T
     resp_BT = ~(is_tail_BT & (st.block == 0))
+    x_BT = st.x_BT
+    if rec is not None:
+      recs = st.rec
+      recs = recs.replace(
+        tokens_BR=jax.lax.dynamic_update_slice(
+          recs.tokens_BR, jnp.where(active_B[:, None], x_BT, cfg.pad_id), (0, start)
+        )
+      )
+      if aux is not None:
+        pos = positions(st.block)
+        a_logits, _ = aux.extend(
+          aux_params,
+          st.aux_cache,
+          jnp.full((batch, T), cfg.mask_id, jnp.int32),
+          pos,
+          block_len=T,
+          num_append=0,
+        )
+        x_BT = jnp.argmax(a_logits, axis=-1).astype(jnp.int32)
+        _, a_cache = aux.extend(aux_params, st.aux_cache, x_BT, pos, block_len=T, num_append=T)
+        st = st.replace(aux_cache=a_cache)
+      st = st.replace(rec=recs, x_BT=x_BT)
     buf = jax.lax.dynamic_update_slice(
       st.buf_BNT,
-      jnp.where(active_B[:, None], st.x_BT, cfg.pad_id),
+      jnp.where(active_B[:, None], x_BT, cfg.pad_id),
       (0, start),
     )
-    eos = active_B & stops.has_eos(st.x_BT, resp_BT, cfg.eos_id)
+    eos = active_B & stops.has_eos(x_BT, resp_BT, cfg.eos_id)
     looped = jnp.zeros_like(eos)
     if cfg.repetition is not None:
       end_B = jnp.full((batch,), start + T, jnp.int32)
@@ -210,6 +288,22 @@ def _decode(
 
   zeros_B = jnp.zeros((batch,), jnp.int32)
   false_B = jnp.zeros((batch,), bool)
+  recs = None
+  if rec is not None:
+    n_r = num_blocks * T
+    width = (
+      rec.top_k
+      or jax.eval_shape(
+        lambda: model.extend(params, cache, tail_BT, positions(0), block_len=T, num_append=0)
+      )[0].shape[-1]
+    )
+    recs = Records(
+      tokens_BR=jnp.full((batch, n_r), cfg.pad_id, jnp.int32),
+      clean_BR=jnp.full((batch, n_r), cfg.pad_id, jnp.int32),
+      steps_BR=jnp.zeros((batch, n_r), jnp.int32),
+      probs_BRX=jnp.zeros((batch, n_r, width), jnp.float32),
+      ids_BRX=jnp.zeros((batch, n_r, rec.top_k or 1), jnp.int32),
+    )
   st = BlockState(
     cache=cache,
     block=jnp.int32(0),
@@ -224,6 +318,8 @@ def _decode(
     forwards_B=zeros_B,
     tokens_B=zeros_B,
     batch_forwards=jnp.int32(0),
+    rec=recs,
+    aux_cache=aux_cache,
   )
   st = run_block(st, "none")
   later = "fused" if cfg.fused_append else "append"
@@ -244,7 +340,32 @@ def _decode(
     looped_B=st.looped_B,
     batch_forwards=st.batch_forwards,
   )
-  return SampleOutput(tokens_BR=tokens_BR, lengths_B=lengths_B, stats=stats)
+  out = SampleOutput(tokens_BR=tokens_BR, lengths_B=lengths_B, stats=stats)
+  if rec is None:
+    return out
+  return out, st.rec.replace(clean_BR=st.buf_BNT)
+
+
+def _record(
+  recs: Records, start: jax.Array, sel_BT: jax.Array, step: jax.Array, logits_BTV, top_k: int
+) -> Records:
+  """Writes the distribution and step of the positions committed now (sel_BT) into recs."""
+  T = sel_BT.shape[1]
+
+  def put(buf, new, cond):
+    old = jax.lax.dynamic_slice_in_dim(buf, start, T, axis=1)
+    return jax.lax.dynamic_update_slice_in_dim(buf, jnp.where(cond, new, old), start, axis=1)
+
+  probs = jax.nn.softmax(logits_BTV.astype(jnp.float32), axis=-1)
+  ids = jnp.zeros(probs.shape[:2] + (1,), jnp.int32)
+  if top_k:
+    probs, ids = jax.lax.top_k(probs, top_k)
+  return recs.replace(
+    steps_BR=put(recs.steps_BR, jnp.broadcast_to(step, sel_BT.shape), sel_BT),
+    probs_BRX=put(recs.probs_BRX, probs, sel_BT[..., None]),
+    ids_BRX=put(recs.ids_BRX, ids.astype(jnp.int32), sel_BT[..., None]),
+  )
 
 
 _decode_jit = jax.jit(_decode, static_argnums=(0, 1))
+_record_jit = jax.jit(_decode, static_argnums=(0, 1, 5, 6))

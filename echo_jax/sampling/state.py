@@ -60,6 +60,19 @@ class BlockState:
   forwards_B: jax.Array  # int32 [B]
   tokens_B: jax.Array  # int32 [B]
   batch_forwards: jax.Array  # int32 []
+  rec: Any = None  # Records while recording (block_decode.record_rollout), else None
+  aux_cache: Any = None  # the prefix model's cache while recording with one, else None
+
+
+@flax.struct.dataclass
+class Records:
+  """What a recording rollout keeps per response position (R = N*T, aligned grid)."""
+
+  tokens_BR: jax.Array  # int32: the token committed there by the decoding model; pad where none
+  clean_BR: jax.Array  # int32: the clean block written into the cache (the prefix model's if any)
+  steps_BR: jax.Array  # int32: the 1-based step of its block that committed it; 0 where none
+  probs_BRX: jax.Array  # float32: the distribution at that step (V) or its top-k probabilities
+  ids_BRX: jax.Array  # int32: the top-k ids ([B, R, 1] zeros when recording all of V)
 
 
 @flax.struct.dataclass
