@@ -10,6 +10,7 @@ have one answer each:
   workdir_config     the echo_jax config saved in a workdir ({} when none)
   saved_block_len    the block length a saved config was trained with (top-level
                      `block_len` in newer configs, `rad.block_len` in older ones)
+  trained_block_lens that one and the mixed block lengths it also trained with
   find_tokenizer     the first existing tokenizer location
   trained_samplers   the samplers a stage's checkpoint was trained to decode with
   check_sampler      refuse a sampler the checkpoint was not trained for (unless forced)
@@ -81,6 +82,17 @@ def saved_block_len(config: dict[str, Any] | Any) -> int | None:
     rad = get("rad", None) or {}
     value = rad.get("block_len") if hasattr(rad, "get") else getattr(rad, "block_len", None)
   return int(value) if value else None
+
+
+def trained_block_lens(config: dict[str, Any] | Any) -> tuple[int, ...]:
+  """Every block length a saved config trained with: its block length, then the mixed
+  ones (`mixed_block_lens`, top-level or under rad)."""
+  get = config.get if hasattr(config, "get") else (lambda k, d=None: getattr(config, k, d))
+  rad = get("rad", None) or {}
+  mixed = get("mixed_block_lens", None) or (rad.get("mixed_block_lens") if rad else None) or ()
+  first = saved_block_len(config)
+  lens = ([first] if first else []) + [int(b) for b in mixed]
+  return tuple(dict.fromkeys(lens))
 
 
 def trained_samplers(stage: str | None) -> tuple[str, ...]:

@@ -64,3 +64,20 @@ def test_hf_dir_workdir_config_and_pickles(tmp_path):
   assert runs.pickled_weights(str(torch_dir)) == ["pytorch_model.bin"]
   with pytest.raises(UserError, match="pickled weights"):
     runs.load_model(str(torch_dir), {}, tokenizer=None)
+
+
+def test_trained_block_lens():
+  assert runs.trained_block_lens({"rad": {"block_len": 8, "mixed_block_lens": (4, 8)}}) == (8, 4)
+  assert runs.trained_block_lens({"block_len": 4, "mixed_block_lens": (4,)}) == (4,)
+  assert runs.trained_block_lens({}) == ()
+
+
+def test_reproduce_refuses_a_row_at_an_untrained_block_len():
+  import configs.dcd as dcd
+  from echo_jax import config_lib, reproduce
+
+  config = dcd.get_config("tiny")
+  reproduce.validate(config, 1)  # the default rows are all trained block lengths
+  config.eval.rows = (*config.eval.rows, ("DCD one-step B=16", "dcd_b8", "one_step", 16))
+  with pytest.raises(config_lib.ConfigError, match="'DCD one-step B=16'.*block length 16"):
+    reproduce.validate(config, 1)
