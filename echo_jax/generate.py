@@ -2,7 +2,7 @@
 
 One study (its images), report printed with its speed:
   python -m echo_jax.generate --checkpoint workdir/dcd8 --images a.png [b.dcm ...] \\
-      [--sampler one_step|multi_step|ar] [--block_len 8]
+      [--sampler one_step|multi_step|ar] [--block_len 8] [--force]
 A dataset split to JSONL (one {"id", "prediction", "reference", "stats", "images"} per study,
 the input of `python -m echo_jax.evaluate`):
   python -m echo_jax.generate --checkpoint workdir/dcd8 --dataset r2gen \\
@@ -12,7 +12,12 @@ Decoding profile (echo_jax.profiles): a released ECHO directory (Midea-AIRC/ECHO
 ECHO_Base_block4, ...) decodes as the authors' scripts do (--profile released: global block
 grid, 256*28*28..2250000 pixels, 512 tokens, one step for ECHO_block*, steps = B for
 ECHO_Base_block*; --lang zh for the Chinese instruction); anything else with the echo_jax
-profile (block length and sampler from the workdir's config.json). Flags override.
+profile (block length and sampler from the workdir's config.json: top-level block_len,
+or rad.block_len in older workdirs). Flags override. A sampler the checkpoint was not
+trained for is refused unless --force (an AR checkpoint decodes with ar only, a RAD
+teacher with multi_step -- one_step on it is the "teacher forced to one step" ablation --
+a DCD student with one_step or multi_step). Every flag is checked first; a bad one is
+one line `error: --flag value: why` and exit status 2.
 
 --checkpoint is an echo_jax training workdir (its newest checkpoint's `model`; a step
 directory `workdir/checkpoints/<step>` picks that step) or a Hugging Face Qwen2.5-VL
@@ -40,7 +45,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from echo_jax import profiles
+from echo_jax import profiles, runs
+from echo_jax.user_errors import UserError, run_cli
 
 SAMPLERS = ("one_step", "multi_step", "ar")
 
@@ -89,77 +95,69 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--context_len", type=int, default=0, help="padded context (0 = the bound)")
   p.add_argument("--max_patches", type=int, default=0, help="padded ViT patches (0 = the bound)")
   p.add_argument(
+    "--force",
+    action="store_true",
+    help="decode with a sampler the checkpoint was not trained for (an ablation)",
+  )
+  p.add_argument(
     "--mesh", default="", help="data,fsdp,tensor sizes, e.g. 1,1,4 (default: one device)"
   )
   return p
 
 
 # ------------------------------------------------------------------ model and tokenizer
-def is_hf_dir(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, "config.json")) and any(
-    f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in os.listdir(path)
-  )
-
-
-def workdir_config(path: str) -> dict[str, Any]:
-  """The echo_jax training config saved in a workdir (config.json), or {}."""
-  for where in (path, os.path.dirname(os.path.dirname(path.rstrip("/")))):
-    file = os.path.join(where, "config.json")
-    if os.path.isfile(file):
-      with open(file) as f:
-        config = json.load(f)
-      if isinstance(config, dict) and isinstance(config.get("model"), dict):
-        return config
-  return {}
+# One answer each, shared with the other commands that load a run (echo_jax.runs).
+is_hf_dir = runs.is_hf_dir
+workdir_config = runs.workdir_config
 
 
 def find_tokenizer(args: argparse.Namespace, saved: dict[str, Any]) -> str:
   """The first existing tokenizer location (see the module docstring)."""
-  data = saved.get("data") or {}
-  candidates = [
-    args.tokenizer,
-    os.path.join(args.checkpoint, "tokenizer"),
-    args.checkpoint,
-    os.path.join(args.data_path, "tokenizer") if args.data_path else "",
-    data.get("tokenizer", ""),
-    os.path.join(data["path"], "tokenizer") if data.get("path") else "",
-  ]
-  for c in candidates:
-    if c and (
-      os.path.isfile(os.path.join(c, "tokenizer.json"))
-      or (os.path.isfile(c) and c.endswith(".json"))
-    ):
-      return c
-  if args.tokenizer:
-    raise SystemExit(f"--tokenizer {args.tokenizer}: no tokenizer.json there")
-  tried = ", ".join(c for c in candidates[1:] if c)
-  raise SystemExit(f"no tokenizer found (tried {tried}); pass --tokenizer PATH")
+  return runs.find_tokenizer(
+    args.checkpoint, saved, explicit=args.tokenizer, data_path=args.data_path or ""
+  )
 
 
 def load_model(args: argparse.Namespace, tokenizer: Any, saved: dict[str, Any]) -> tuple[Any, Any]:
   """(EchoVLM, ModelConfig) from the checkpoint; the token ids are the tokenizer's."""
-  import jax
-  from flax import nnx
+  return runs.load_model(args.checkpoint, saved, tokenizer, preset=args.preset, dtype=args.dtype)
 
-  from echo_jax.models.presets import get_preset
-  from echo_jax.models.vlm import EchoVLM
-  from echo_jax.train.checkpoint import restore_model_state
 
-  if is_hf_dir(args.checkpoint):
-    from echo_jax.models.hf_import import load_pretrained
+def validate_flags(args: argparse.Namespace) -> None:
+  """Every numeric flag in range, the message in the flag's own name."""
+  positive = ("block_len", "max_new_tokens", "batch_size")
+  for name in positive:
+    value = getattr(args, name)
+    if value is not None and value <= 0:
+      raise UserError(f"--{name} {value}", why="must be a positive integer")
+  non_negative = (
+    "steps", "num_studies", "loop_guard", "min_pixels", "max_pixels", "max_images",
+    "context_len", "max_patches",
+  )  # fmt: skip
+  for name in non_negative:
+    value = getattr(args, name)
+    if value < 0:
+      raise UserError(f"--{name} {value}", why="must be 0 (the default) or positive")
+  if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+    raise UserError(f"--threshold {args.threshold:g}", why="a confidence, between 0 and 1")
+  if args.min_pixels and args.max_pixels and args.min_pixels > args.max_pixels:
+    raise UserError(
+      f"--min_pixels {args.min_pixels}", why=f"larger than --max_pixels {args.max_pixels}"
+    )
 
-    return load_pretrained(args.checkpoint, dtype=args.dtype or "float32", token_ids=tokenizer.ids)
-  model_cfg = saved.get("model") or {}
-  config = get_preset(model_cfg.get("preset", args.preset))
-  dtype = args.dtype or model_cfg.get("dtype", config.dtype)
-  config = config.replace(dtype=dtype, param_dtype=model_cfg.get("param_dtype", dtype))
-  abstract_model = nnx.eval_shape(lambda: EchoVLM(config, rngs=nnx.Rngs(0)))
-  graphdef, abstract = nnx.split(abstract_model)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(
-    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract
-  )
-  return nnx.merge(graphdef, restore_model_state(args.checkpoint, abstract)), config
+
+def check_block_len(block_len: int, context_len: int, max_new_tokens: int) -> None:
+  """A block length the sampler can decode with: it divides the padded context."""
+  if context_len and context_len % block_len:
+    raise UserError(
+      f"--block_len {block_len}",
+      why=f"does not divide the padded context (--context_len {context_len})",
+      fix="pick a block length that divides it, or leave --context_len at 0",
+    )
+  if block_len > max_new_tokens:
+    raise UserError(
+      f"--block_len {block_len}", why=f"longer than the length budget ({max_new_tokens} tokens)"
+    )
 
 
 # ------------------------------------------------------------------ studies and sizes
@@ -229,6 +227,7 @@ def _mesh(spec: str) -> Any:
 # ------------------------------------------------------------------ main
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   args = _parser().parse_args(argv)
+  validate_flags(args)
   if args.dataset and not args.out:
     raise SystemExit("--dataset writes JSONL: pass --out FILE.jsonl")
   if not os.path.isdir(args.checkpoint):
@@ -241,11 +240,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   from echo_jax.sampling import RepetitionGuard
 
   saved = {} if is_hf_dir(args.checkpoint) else workdir_config(args.checkpoint)
-  tokenizer = tokenizer_lib.load_tokenizer(find_tokenizer(args, saved))
-  model, config = load_model(args, tokenizer, saved)
-  tokenizer.check_ids(config.tokens)
-  studies = read_studies(args)
-
   profile = profiles.profile_for(
     args.checkpoint, saved, profile=args.profile, lang=args.lang
   ).with_overrides(
@@ -257,9 +251,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     min_pixels=args.min_pixels or None,
     max_pixels=args.max_pixels or None,
   )
+  if not is_hf_dir(args.checkpoint):
+    runs.check_sampler(saved.get("stage"), profile.sampler, force=args.force)
+  block = 1 if profile.sampler == "ar" else profile.block_len
+  if block > 1:
+    check_block_len(block, args.context_len, profile.max_new_tokens)
+  tokenizer = tokenizer_lib.load_tokenizer(find_tokenizer(args, saved))
+  model, config = load_model(args, tokenizer, saved)
+  tokenizer.check_ids(config.tokens)
+  studies = read_studies(args)
+
   min_pixels, max_pixels = profile.min_pixels, profile.max_pixels
   num_images = args.max_images or max(len(s.image_paths) for s in studies)
-  block = 1 if profile.sampler == "ar" else profile.block_len
   context_len, max_patches = example_sizes(
     tokenizer, config, max_pixels, num_images, block, profile.instruction
   )
@@ -319,4 +322,4 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(run_cli(main))

@@ -110,6 +110,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       problems.append(
         f"eval.rows entry {row!r} must be (name, stage, sampler in {SAMPLERS}, block_len)"
       )
+    elif row[2] != "ar":
+      from echo_jax import runs
+
+      trained = runs.trained_block_lens(stage_config(config, row[1]))
+      if trained and row[3] not in trained:
+        problems.append(
+          f"eval.rows entry {row[0]!r} decodes stage {row[1]!r} at block length {row[3]}, "
+          f"which it does not train with (block lengths {list(trained)})"
+        )
   if problems:
     raise config_lib.ConfigError(problems)
 
@@ -146,18 +155,9 @@ LOOP_GUARD = dict(ngram=8, max_repeats=4)
 
 def load_trained_model(workdir: str, model_config) -> Any:
   """The EchoVLM of a training workdir's newest checkpoint, on the default device."""
-  from flax import nnx
+  from echo_jax import runs
 
-  from echo_jax.models.vlm import EchoVLM
-  from echo_jax.train.checkpoint import restore_model_state
-
-  abstract_model = nnx.eval_shape(lambda: EchoVLM(model_config, rngs=nnx.Rngs(0)))
-  graphdef, abstract = nnx.split(abstract_model)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(
-    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract
-  )
-  return nnx.merge(graphdef, restore_model_state(workdir, abstract))
+  return runs.load_workdir_model(workdir, model_config)
 
 
 CONSTANT_ROW = "constant report"

@@ -7,6 +7,7 @@ the reports must be those of the model that was saved, decoded in-process.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ from flax import nnx
 from echo_jax import generate
 from echo_jax.inference import ReportGenerator, make_sampler
 from echo_jax.models.hf_import import save_pretrained
+from echo_jax.user_errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [
@@ -103,7 +105,7 @@ def test_workdir_config_and_errors(setup, workdir, tmp_path):
   saved = generate.workdir_config(args.checkpoint)
   assert saved["model"]["preset"] == "tiny"
   assert generate.find_tokenizer(args, saved) == os.path.join(setup.data_dir, "tokenizer")
-  with pytest.raises(SystemExit, match="tokenizer"):
+  with pytest.raises(UserError, match="tokenizer"):
     generate.find_tokenizer(
       generate._parser().parse_args(["--checkpoint", str(tmp_path), "--images", "a"]), {}
     )
@@ -124,3 +126,72 @@ def test_module_entry_point():
     timeout=60,
   )
   assert proc.returncode == 0 and "--checkpoint" in proc.stdout and "--dataset" in proc.stdout
+
+
+def _with_config(workdir, tmp_path, name, config):
+  run = tmp_path / name
+  shutil.copytree(os.path.join(workdir, "checkpoints"), run / "checkpoints")
+  with open(run / "config.json", "w") as f:
+    json.dump({"model": {"preset": "tiny"}, **config}, f)
+  return str(run)
+
+
+def test_saved_block_len_and_sampler(setup, workdir, tmp_path):
+  # A B = 4 RAD run decodes multi-step at B = 4 by default: the same tokens as asking for it
+  # (older workdirs' rad.block_len: tests/test_runs.py).
+  base = ["--dataset", "r2gen", "--data_path", setup.data_dir, "--split", "train"]
+  base += ["--num_studies", "2", "--batch_size", "2", "--max_new_tokens", "8", *SIZES]
+  newer = _with_config(workdir, tmp_path, "newer", {"stage": "rad", "block_len": 4})
+  rows = {}
+  for name, run, extra in (
+    ("newer", newer, []),
+    ("explicit", newer, ["--sampler", "multi_step", "--block_len", "4"]),
+  ):
+    out = str(tmp_path / f"{name}.jsonl")
+    rows[name] = generate.main(["--checkpoint", run, *base, "--out", out, *extra])
+  key = [(r["prediction"], r["tokens"], r["forwards"]) for r in rows["explicit"]]
+  assert [(r["prediction"], r["tokens"], r["forwards"]) for r in rows["newer"]] == key
+  # At B = 4 a block holds 4 tokens: 8 tokens are at least 2 forwards.
+  assert all(r["forwards"] >= -(-r["tokens"] // 4) for r in rows["explicit"])
+  # The sampler a checkpoint was not trained for is refused unless forced.
+  ar = _with_config(workdir, tmp_path, "ar", {"stage": "ar"})
+  with pytest.raises(UserError, match="--sampler one_step.*trained to decode with ar.*--force"):
+    generate.main(
+      ["--checkpoint", ar, *base, "--out", str(tmp_path / "x"), "--sampler", "one_step"]
+    )
+  with pytest.raises(UserError, match="--sampler one_step.*multi_step"):
+    generate.main(
+      ["--checkpoint", newer, *base, "--out", str(tmp_path / "x"), "--sampler", "one_step"]
+    )
+  # A block length that does not divide the padded context, named by its flag.
+  with pytest.raises(UserError, match="^--block_len 7: does not divide"):
+    generate.main(["--checkpoint", newer, *base, "--out", str(tmp_path / "x"), "--block_len", "7"])
+
+
+@pytest.mark.parametrize(
+  "flag,value,message",
+  [
+    ("--block_len", "0", "--block_len 0: must be a positive"),
+    ("--threshold", "2", "--threshold 2: a confidence"),
+    ("--num_studies", "-1", "--num_studies -1: must be 0"),
+    ("--max_pixels", "-5", "--max_pixels -5: must be 0"),
+    ("--batch_size", "0", "--batch_size 0: must be a positive"),
+  ],
+)
+def test_flag_errors_name_the_flag(flag, value, message, tmp_path):
+  argv = ["--checkpoint", str(tmp_path), "--images", "a.png", flag, value]
+  with pytest.raises(UserError, match="^" + message):
+    generate.main(argv)
+
+
+def test_user_error_exit_status(tmp_path):
+  proc = subprocess.run(
+    [sys.executable, "-m", "echo_jax.generate", "--checkpoint", str(tmp_path), "--images", "a.png"]
+    + ["--threshold", "-0.5"],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    env={**os.environ, "PYTHONPATH": REPO},
+  )
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.strip() == "error: --threshold -0.5: a confidence, between 0 and 1"
