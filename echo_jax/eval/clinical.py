@@ -16,11 +16,8 @@ CheXbert F1: a learned labeler would give different numbers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
-from echo_jax.eval.chexpert_labeler import CheXpertLabeler
 from echo_jax.eval.chexpert_phrases import COMMON5, OBSERVATIONS
 
 UNCERTAIN_MODES = ("positive", "negative")
@@ -92,13 +89,3 @@ def clinical_f1(
     # undefined (None) when neither report set has the label; macro F1 counts it as 0
     out[f"f1/{o}"] = float(v) if c > 0 else None
   return out
-
-
-def label_reports(
-  preds: Sequence[str], refs: Sequence[str], labeler: CheXpertLabeler | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-  """Labeler outputs [N, 14] for generated and reference reports."""
-  if len(preds) != len(refs):
-    raise ValueError(f"{len(preds)} predictions but {len(refs)} references: pass one per study")
-  lab = labeler or CheXpertLabeler()
-  return lab.label_many(preds), lab.label_many(refs)

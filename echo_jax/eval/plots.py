@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -115,15 +114,3 @@ def quality_vs_tpf_png(
   fig.savefig(buf, format="png", dpi=DPI)
   plt.close(fig)
   return buf.getvalue()
-
-
-def write_quality_vs_tpf(
-  models: Mapping[str, Mapping[str, Any]], path: str | os.PathLike[str]
-) -> bool:
-  """Writes the PNG to ``path``; returns False (writes nothing) when there is nothing to plot."""
-  png = quality_vs_tpf_png(models)
-  if png is None:
-    return False
-  with open(path, "wb") as f:
-    f.write(png)
-  return True

@@ -102,14 +102,6 @@ def param_shardings(
   return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def partition_specs(
-  abstract_state: nnx.State, mesh: Mesh, rules: LogicalRules = DEFAULT_LOGICAL_RULES
-):
-  """Like `param_shardings` but PartitionSpecs (e.g. for shard_map or checkpoint metadata)."""
-  shardings = param_shardings(abstract_state, mesh, rules)
-  return jax.tree.map(lambda s: s.spec, shardings)
-
-
 def batch_sharding(mesh: Mesh, ndim: int, rules: LogicalRules = DEFAULT_LOGICAL_RULES):
   """NamedSharding of a batch-leading array: dim 0 on the "batch" axes, the rest replicated."""
   return NamedSharding(mesh, logical_to_mesh(("batch",) + (None,) * (ndim - 1), mesh, rules))
