@@ -132,7 +132,7 @@ def lingshu_7b(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   cfg.mesh.tensor = 1
   cfg.data.name = "r2gen"
   cfg.data.path = ""  # the dataset root holding annotation.json: set --config.data.path
-  cfg.data.min_pixels = 256 * 28 * 28  # ECHO's image sizes (ECHO.md §2)
+  cfg.data.min_pixels = 256 * 28 * 28  # the released ECHO models' image sizes (docs/RELEASED.md)
   cfg.data.max_pixels = 1500 * 1500
   cfg.data.context_len = 3072  # one image (<= 2,870 vision tokens) plus the prompt
   cfg.data.response_len = 256

@@ -149,7 +149,7 @@ def train_stages(config: ml_collections.ConfigDict) -> None:
 # ------------------------------------------------------------------ evaluation
 SAMPLERS = ("ar", "multi_step", "one_step")
 # Evaluation stops (and counts) a report that repeats an 8-gram a fifth time: the loop
-# failure of a one-step model without distillation (ECHO.md §7).
+# failure of a one-step model without distillation.
 LOOP_GUARD = dict(ngram=8, max_repeats=4)
 
 

@@ -29,7 +29,7 @@ from echo_jax.user_errors import UserError
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt")
 
 # The samplers each training stage's checkpoint decodes with as trained. A RAD teacher
-# decoded in one step is the "teacher forced to one step" ablation (ECHO.md §7): it runs
+# decoded in one step is the "teacher forced to one step" ablation of the paper: it runs
 # only when asked for with force.
 TRAINED_SAMPLERS = {
   "ar": ("ar",),

@@ -52,7 +52,7 @@ class BadImageError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ImageConfig:
-  """Qwen2.5-VL image preprocessing settings; the defaults are ECHO's (ECHO.md §2)."""
+  """Qwen2.5-VL image preprocessing settings; the defaults are the released ECHO models' (docs/RELEASED.md)."""
 
   min_pixels: int = 256 * 28 * 28  # smallest resized area
   max_pixels: int = 1500 * 1500  # largest resized area (about 2,870 merged tokens)

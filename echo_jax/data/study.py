@@ -83,7 +83,7 @@ class Study:
 
   @property
   def report(self) -> str:
-    """'Findings: {findings} Impression: {impression}', the target format of ECHO.md §1.
+    """'Findings: {findings} Impression: {impression}', ECHO's target format.
 
     An empty section leaves its header with no text ("Findings: Impression: ..."), so the
     header order is always the same and no placeholder words enter the training text.

@@ -72,7 +72,7 @@ NAME = "echo_cxr"  # the tfds dataset name: DATA_DIR/echo_cxr/CONFIG/VERSION
 _MANUAL_INSTRUCTIONS = """\
 Pass the folder holding your copy of the dataset as the manual directory
 (tfds.download.DownloadConfig(manual_dir=...), or --manual_dir on the command line), laid out
-as that format's reader in echo_jax/data/readers expects (see FORMATS.md): e.g. for r2gen the
+as that format's reader in echo_jax/data/readers expects (its module docstring): e.g. for r2gen the
 folder with annotation.json and images/, for mimic-cxr-jpg the folder with files/ and the
 mimic-cxr-2.0.0-*.csv[.gz] files. Nothing is downloaded.
 """

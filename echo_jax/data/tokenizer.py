@@ -15,7 +15,7 @@
     <|im_start|>user\\n<|vision_start|><|image_pad|>*n1<|vision_end|>...{instruction}<|im_end|>\\n
     <|im_start|>assistant\\n
 
-  The instruction is ECHO's (ECHO.md §1).
+  The instruction is the released ECHO models' English one.
 - `encode_report(tok, text)`: the response ids, report tokens followed by the EOS
   (`<|im_end|>`) appended here (`add_eos=False` to leave it out).
 - `decode(tok, ids)`: text up to the first EOS, special tokens dropped.

@@ -1,6 +1,6 @@
 """Full-duplication block diffusion (BD3-LM / SDAR): packing [noisy (P+R) | clean (P+R)].
 
-The baseline that RAD improves on (ECHO.md §5), kept to compare cost and to check that
+The baseline that RAD improves on, kept to compare cost and to check that
 RAD computes the same objective. The whole sequence, context included, is duplicated;
 the context is never noised, so each noisy copy is [context | noisy response]. With the
 mask of `masks.bd3_mask` a noisy response block reads the context and earlier blocks from

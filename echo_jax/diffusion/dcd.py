@@ -1,4 +1,4 @@
-"""DCD phase 1: on-policy teacher rollouts that record stitched targets (ECHO.md §6).
+"""DCD phase 1: on-policy teacher rollouts that record stitched targets.
 
 For each example the frozen teacher (ECHO_Base) decodes the report block by
 block with the confidence rule of Algorithm 1: a block starts fully
@@ -8,7 +8,7 @@ records the teacher's *whole* distribution at that step (or its top-k), the
 step number and the token. These targets are "stitched": each is the
 teacher's conditional given what it had already committed in that block.
 
-Option `student_prefix` (beyond the paper, ECHO.md §10): the earlier blocks
+Option `student_prefix` (beyond the paper): the earlier blocks
 come from the student's own one-step predictions and the teacher only
 completes the current block from that prefix, so the student is trained on
 the prefixes it will see at inference (against exposure bias).

@@ -1,4 +1,4 @@
-"""The DCD student objective (ECHO.md §6, Algorithm 1 phase 2).
+"""The DCD student objective (the paper's Algorithm 1, phase 2).
 
 The student sees `[context | every response block fully masked | teacher tokens
 as the clean copy]` and predicts all positions of a block in one forward. It is

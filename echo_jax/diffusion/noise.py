@@ -2,7 +2,7 @@
 
 For each example (or each block) a noise level t ~ U(eps, 1) is drawn and each valid
 response token is masked with probability t, with at least one masked token in every
-valid block (ECHO.md §5). Complementary masking adds a second noisy copy that masks
+valid block. Complementary masking adds a second noisy copy that masks
 exactly the tokens the first copy left visible, so every valid token is trained once per
 example; then t ~ U(eps, 1 - eps), the second copy's level is 1 - t, and each copy also
 keeps at least one token visible per valid block (so the other copy masks at least one).

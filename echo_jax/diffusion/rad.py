@@ -1,13 +1,13 @@
 """Response-Asymmetric Diffusion (RAD): packing [context | noisy | clean] and its loss.
 
-ECHO.md §5. The context (left-padded to P) appears once; the response appears as C
+As in the ECHO paper, the context (left-padded to P) appears once; the response appears as C
 noisy copies (C = 1, or 2 with complementary masking) followed by one clean copy, so
 L = P + (C + 1) R instead of the (C + 1)(P + R) of full duplication (`bd3.py`). The
 noisy copies reuse the clean copy's position ids. Loss: cross-entropy at the masked
 noisy positions (no token shift), weighted by 1 / (t C), summed and divided by the
 number of valid response tokens; with C = 2 that is the mean of the two copies' losses.
 
-Response validity (INTERFACES.md): report tokens, the EOS and the pad tokens up to the
+Response validity: report tokens, the EOS and the pad tokens up to the
 end of the EOS's block are real, trained positions; later blocks are invalid.
 """
 

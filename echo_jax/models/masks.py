@@ -5,7 +5,7 @@ Every mask here is one rule over two per-index labels, in the spirit of big_visi
   block(i)    the block id on a grid anchored at index `anchor`:
               floor((i - anchor) / block_len); tokens before the anchor (the context)
               get negative ids, so the grid does not depend on how much left padding the
-              context has and training and inference agree exactly (ECHO.md §5).
+              context has and training and inference agree exactly.
   segment(i)  0 for the clean stream (context and clean response), c >= 1 for the
               c-th noisy copy of the response.
 Rule (query q, key k):
@@ -119,7 +119,7 @@ def rad_mask(
   block_len: int,
   num_noisy: int = 1,
 ) -> jax.Array:
-  """The Response-Asymmetric Diffusion mask of ECHO.md §5.
+  """The Response-Asymmetric Diffusion (RAD) mask of the ECHO paper.
 
   Sequence: [context (P) | noisy response (R) x num_noisy | clean response (R)], so
   L = P + (num_noisy + 1) R; num_noisy=2 is complementary masking. The context is

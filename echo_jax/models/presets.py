@@ -24,7 +24,7 @@ TINY_SPECIAL_TOKENS = (
 )
 
 _PRESETS: dict[str, ModelConfig] = {
-  # About a million decoder parameters (the size ECHO.md §10 found enough for the
+  # About a million decoder parameters (enough for the
   # synthetic task): the whole ECHO pipeline trains on a 2-core CPU in minutes.
   "tiny": ModelConfig(
     vision=VisionConfig(

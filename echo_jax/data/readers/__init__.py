@@ -11,7 +11,7 @@ Options every reader takes: splits (keep only these of "train"/"val"/"test"), vi
 "frontal" or ViewPosition names), max_images (per study, frontal first), require ("any",
 "findings", "impression", "both"), check_files (stat images), skips (a SkipLog; reading
 stops with TooManyBadError when its bad fraction exceeds max_bad_fraction). The layouts are
-described in each reader's module docstring and in FORMATS.md.
+described in each reader's module docstring.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Reader for MIMIC-CXR-JPG 2.x (PhysioNet) with the MIMIC-CXR free-text reports.
 
-Layout (see FORMATS.md):
+Layout:
 
   ROOT/files/p10/p10000001/s50000001/<dicom_id>.jpg    images (pXX = first 2 digits of the subject)
   ROOT/mimic-cxr-2.0.0-split.csv.gz                    dicom_id,study_id,subject_id,split

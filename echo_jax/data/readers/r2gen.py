@@ -1,6 +1,6 @@
 """Reader for the R2Gen `annotation.json` layout (IU X-ray, MIMIC-CXR, the synthetic set).
 
-Layout (see FORMATS.md):
+Layout:
 
   ROOT/annotation.json   {"train": [...], "val": [...], "test": [...]}, entries
                          {"id", "report", "image_path": [relative paths], "split", ...}
