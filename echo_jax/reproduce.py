@@ -153,13 +153,6 @@ SAMPLERS = ("ar", "multi_step", "one_step")
 LOOP_GUARD = dict(ngram=8, max_repeats=4)
 
 
-def load_trained_model(workdir: str, model_config) -> Any:
-  """The EchoVLM of a training workdir's newest checkpoint, on the default device."""
-  from echo_jax import runs
-
-  return runs.load_workdir_model(workdir, model_config)
-
-
 CONSTANT_ROW = "constant report"
 
 
@@ -177,11 +170,9 @@ def generate_rows(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   (a fixed derangement, eval/controls.py); `eval.constant_report` adds the label-prior
   baseline, one training report written for every study.
   """
-  from echo_jax import inference
-  from echo_jax.data import images, readers
-  from echo_jax.data.pipeline import StudyExamples
+  from echo_jax import inference, runs
+  from echo_jax.data import readers
   from echo_jax.sampling import RepetitionGuard
-  from echo_jax.train.tasks import load_tokenizer
 
   studies = readers.read_dataset("r2gen", data_path(config), splits=[config.eval.split])
   if config.eval.num_studies:
@@ -190,34 +181,24 @@ def generate_rows(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   out_dir = os.path.join(config.workdir, "eval", "predictions")
   os.makedirs(out_dir, exist_ok=True)
   records: list[dict[str, Any]] = []
-  models: dict[str, Any] = {}
+  loaded: dict[str, runs.Run] = {}
   rows = eval_rows(config)
   for index, (row, stage_name, kind, block_len, swapped) in enumerate(rows, 1):
     stage = stage_config(config, stage_name)
-    model_config = config_lib.model_config(stage)
-    if stage_name not in models:
-      models[stage_name] = load_trained_model(stage.workdir, model_config)
-    tokenizer = load_tokenizer(stage, (), model_config)
-    example_fn = StudyExamples(
-      tokenizer=tokenizer,
-      model_config=model_config,
-      image_config=images.ImageConfig.from_vision_config(
-        model_config.vision, min_pixels=stage.data.min_pixels, max_pixels=stage.data.max_pixels
-      ),
-      context_len=stage.data.context_len,
-      response_len=stage.data.response_len,
-      max_patches=stage.data.max_patches,
-    )
+    if stage_name not in loaded:
+      # The stage's own saved config: the sizes and the tokenizer it trained with.
+      loaded[stage_name] = runs.load_run(stage.workdir, data_path=data_path(config))
+    run = loaded[stage_name]
     sampler = inference.make_sampler(
       kind,
-      model_config.tokens,
+      run.config.tokens,
       block_len=block_len,
       max_new_tokens=stage.data.response_len,
       threshold=config.eval.threshold,
       repetition=RepetitionGuard(**LOOP_GUARD),
     )
     generator = inference.ReportGenerator(
-      models[stage_name], tokenizer, example_fn, batch_size=config.eval.batch_size
+      run.model, run.tokenizer, run.examples(), batch_size=config.eval.batch_size
     )
     inputs = deranged if swapped else studies
     log.info("[eval %d/%d] %s on %d studies", index, len(rows), row, len(inputs))

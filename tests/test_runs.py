@@ -3,9 +3,14 @@
 import json
 
 import ml_collections
+import orbax.checkpoint as ocp
 import pytest
+import tiny_vlm
+from etils import epath
+from flax import nnx
 
 from echo_jax import runs
+from echo_jax.inference import ReportGenerator, make_sampler
 from echo_jax.user_errors import UserError
 
 
@@ -81,3 +86,50 @@ def test_reproduce_refuses_a_row_at_an_untrained_block_len():
   config.eval.rows = (*config.eval.rows, ("DCD one-step B=16", "dcd_b8", "one_step", 16))
   with pytest.raises(config_lib.ConfigError, match="'DCD one-step B=16'.*block length 16"):
     reproduce.validate(config, 1)
+
+
+def test_load_run_decodes_a_workdir_as_trained(tmp_path):
+  # A RAD B = 4 workdir with its saved config: load_run gives the saved weights, the
+  # data's tokenizer, the trained sizes and a multi-step B = 4 sampler; decoding through
+  # the Run writes the reports of the model that was saved.
+  setup = tiny_vlm.make_setup(str(tmp_path / "data"), seed=3)
+  work = tmp_path / "work"
+  manager = ocp.CheckpointManager(
+    epath.Path(work) / "checkpoints",
+    options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False),
+  )
+  manager.save(5, args=ocp.args.Composite(model=ocp.args.StandardSave(nnx.state(setup.model))))
+  manager.wait_until_finished()
+  manager.close()
+  data = dict(
+    path=setup.data_dir,
+    context_len=tiny_vlm.CONTEXT_LEN,
+    response_len=tiny_vlm.RESPONSE_LEN,
+    max_patches=16,
+    min_pixels=tiny_vlm.PIXELS,
+    max_pixels=tiny_vlm.PIXELS,
+  )
+  saved = {"model": {"preset": "tiny"}, "stage": "rad", "block_len": 4, "data": data}
+  (work / "config.json").write_text(json.dumps(saved))
+
+  run = runs.load_run(str(work), max_new_tokens=8)
+  assert run.stage == "rad"
+  assert (run.profile.sampler, run.profile.block_len) == ("multi_step", 4)
+  assert run.tokenizer.ids == setup.tokenizer.ids
+  examples = run.examples()
+  assert (examples.context_len, examples.response_len, examples.max_patches) == (144, 32, 16)
+  # For a given number of images the sizes are the profile's bound, block-aligned.
+  bound = run.examples(num_images=2)
+  assert bound.context_len % 4 == 0 and bound.max_patches == 2 * 16
+  run.check_sampler()
+  with pytest.raises(UserError, match="trained to decode with multi_step"):
+    runs.load_run(str(work), sampler="one_step").check_sampler()
+
+  studies = setup.studies[:2]
+  ours = ReportGenerator(run.model, run.tokenizer, examples, batch_size=2)
+  reference = ReportGenerator(setup.model, setup.tokenizer, setup.example_fn, batch_size=2)
+  want = make_sampler("multi_step", setup.config.tokens, block_len=4, max_new_tokens=8)
+  got = [r["prediction"] for r in ours.generate(studies, run.sampler())]
+  assert got == [r["prediction"] for r in reference.generate(studies, want)]
+  with pytest.raises(UserError, match="no such directory"):
+    runs.load_run(str(tmp_path / "missing"))

@@ -79,9 +79,9 @@ def _parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ setup
 def build(args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
   """Model, tokenizer, studies and the StudyExamples transform of the benchmark."""
-  import jax
   from flax import nnx
 
+  from echo_jax import runs
   from echo_jax.data import images, readers, synthetic
   from echo_jax.data import tokenizer as tokenizer_lib
   from echo_jax.data.pipeline import StudyExamples
@@ -92,23 +92,18 @@ def build(args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
     data_dir, args.num_prompts, args.seed, workers=1, gallery=False, progress=False
   )
   studies = readers.read_dataset("r2gen", data_dir)[: args.num_prompts]
-  tok_dir = os.path.join(data_dir, "tokenizer")
-  if os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
-    tokenizer = tokenizer_lib.load_tokenizer(tok_dir)
-  else:
-    tokenizer = tokenizer_lib.train_bpe_tokenizer([s.report for s in studies], 1024, tok_dir)
-  # The small BPE's special ids are 0..7 whatever the preset; the vocabulary holds them.
-  config = get_preset(args.preset).replace(tokens=TINY_TOKEN_IDS)
   if args.checkpoint:
-    from echo_jax.train.checkpoint import restore_model_state
-
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: EchoVLM(config, rngs=nnx.Rngs(0))))
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract
-    )
-    model = nnx.merge(graphdef, restore_model_state(args.checkpoint, abstract))
+    # A trained run: its own model, preset and tokenizer (runs.load_run).
+    run = runs.load_run(args.checkpoint, data_path=data_dir)
+    model, config, tokenizer = run.model, run.config, run.tokenizer
   else:
+    tok_dir = os.path.join(data_dir, "tokenizer")
+    if os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+      tokenizer = tokenizer_lib.load_tokenizer(tok_dir)
+    else:
+      tokenizer = tokenizer_lib.train_bpe_tokenizer([s.report for s in studies], 1024, tok_dir)
+    # The small BPE's special ids are 0..7 whatever the preset; the vocabulary holds them.
+    config = get_preset(args.preset).replace(tokens=TINY_TOKEN_IDS)
     model = EchoVLM(config, rngs=nnx.Rngs(args.seed))
   image_config = images.ImageConfig.from_vision_config(
     config.vision, min_pixels=args.pixels, max_pixels=args.pixels
