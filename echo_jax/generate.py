@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   from echo_jax import inference
   from echo_jax.data import images
   from echo_jax.data import tokenizer as tokenizer_lib
-  from echo_jax.data.pipeline import StudyExamples
+  from echo_jax.data.examples import StudyExamples
   from echo_jax.sampling import RepetitionGuard
 
   saved = {} if is_hf_dir(args.checkpoint) else workdir_config(args.checkpoint)

@@ -120,6 +120,7 @@ def main(argv: list[str]) -> None:
     with config.unlocked():
       config.workdir = _WORKDIR.value
   pipeline = config.stage == "pipeline"  # configs/echo.py, the whole ECHO recipe
+  # Imported after jax.distributed.initialize, which must come before any other JAX call.
   from echo_jax import reproduce
   from echo_jax.train import loop
 

@@ -23,9 +23,13 @@ import jax
 import ml_collections
 from etils import epath
 
-from echo_jax import config_lib
+from echo_jax import config_lib, evaluate, inference, runs
+from echo_jax.data import readers, synthetic
 from echo_jax.eval import coherence, controls
-from echo_jax.train import init_weights, vision_stage
+from echo_jax.eval.chexpert_labeler import CheXpertLabeler
+from echo_jax.eval.pipeline import EvalOptions, evaluate_predictions
+from echo_jax.sampling import RepetitionGuard
+from echo_jax.train import init_weights, loop, vision_stage
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +115,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         f"eval.rows entry {row!r} must be (name, stage, sampler in {SAMPLERS}, block_len)"
       )
     elif row[2] != "ar":
-      from echo_jax import runs
-
       trained = runs.trained_block_lens(stage_config(config, row[1]))
       if trained and row[3] not in trained:
         problems.append(
@@ -124,8 +126,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
 
 
 def train_stages(config: ml_collections.ConfigDict) -> None:
-  from echo_jax.train import loop
-
   for index, name in enumerate(config.order, 1):
     stage = stage_config(config, name)
     done = finished_step(stage.workdir)
@@ -170,10 +170,6 @@ def generate_rows(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   (a fixed derangement, eval/controls.py); `eval.constant_report` adds the label-prior
   baseline, one training report written for every study.
   """
-  from echo_jax import inference, runs
-  from echo_jax.data import readers
-  from echo_jax.sampling import RepetitionGuard
-
   studies = readers.read_dataset("r2gen", data_path(config), splits=[config.eval.split])
   if config.eval.num_studies:
     studies = studies[: config.eval.num_studies]
@@ -282,8 +278,6 @@ def summarize(config, result: dict[str, Any], records: list[dict[str, Any]]) -> 
 
 def coherence_of(records: list[dict[str, Any]]) -> dict[str, float]:
   """The synthetic benchmark's exact coherence figures (eval/coherence.py) of one model."""
-  from echo_jax.eval.chexpert_labeler import CheXpertLabeler
-
   labeler = CheXpertLabeler()
   preds = [r["prediction"] for r in records]
   out = coherence.coherence_metrics(
@@ -308,14 +302,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def evaluate_models(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
-  from echo_jax.eval.pipeline import EvalOptions, evaluate_predictions
-  from echo_jax.evaluate import write_outputs
-
   records = generate_rows(config)
   options = EvalOptions(meteor=False, n_boot=int(config.eval.n_boot), seed=int(config.seed))
   log.info("scoring %d reports (lexical metrics, rule-based CheXpert F1)", len(records))
   result = evaluate_predictions(records, options=options)
-  paths = write_outputs(result, records, os.path.join(config.workdir, "eval"))
+  paths = evaluate.write_outputs(result, records, os.path.join(config.workdir, "eval"))
   rows = summarize(config, result, records)
   probe = vision_probe_auc(config)
   with open(os.path.join(config.workdir, "results.json"), "w") as f:
@@ -364,8 +355,6 @@ def run(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   """Train every stage not yet finished, then evaluate every model (see the docstring)."""
   validate(config, jax.device_count())
   start = time.time()
-  from echo_jax.data import synthetic
-
   path = data_path(config)
   num = config.stages[config.order[0]].data.num_studies
   if jax.process_index() == 0:

@@ -34,7 +34,7 @@ from flax import nnx
 from echo_jax import profiles
 from echo_jax.data import images
 from echo_jax.data import tokenizer as tokenizer_lib
-from echo_jax.data.pipeline import StudyExamples
+from echo_jax.data.examples import StudyExamples
 from echo_jax.models.config import ModelConfig
 from echo_jax.models.hf_import import load_pretrained
 from echo_jax.models.presets import get_preset

@@ -20,7 +20,8 @@ from absl import flags
 
 from echo_jax.data import images, readers, synthetic
 from echo_jax.data import tokenizer as tokenizer_lib
-from echo_jax.data.pipeline import StudyExamples, train_dataset
+from echo_jax.data.examples import StudyExamples
+from echo_jax.data.pipeline import train_dataset
 from echo_jax.models.presets import get_preset
 
 

@@ -45,6 +45,17 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from echo_jax import inference, runs
+from echo_jax.data import images, readers, synthetic
+from echo_jax.data import tokenizer as tokenizer_lib
+from echo_jax.data.examples import StudyExamples
+from echo_jax.models.presets import TINY_TOKEN_IDS, get_preset
+from echo_jax.models.vlm import EchoVLM
+
 BLOCK_LENS = (4, 8)
 
 
@@ -79,14 +90,6 @@ def _parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ setup
 def build(args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
   """Model, tokenizer, studies and the StudyExamples transform of the benchmark."""
-  from flax import nnx
-
-  from echo_jax import runs
-  from echo_jax.data import images, readers, synthetic
-  from echo_jax.data import tokenizer as tokenizer_lib
-  from echo_jax.data.pipeline import StudyExamples
-  from echo_jax.models.presets import TINY_TOKEN_IDS, get_preset
-  from echo_jax.models.vlm import EchoVLM
 
   synthetic.write_benchmark(
     data_dir, args.num_prompts, args.seed, workers=1, gallery=False, progress=False
@@ -131,7 +134,6 @@ def build(args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
 
 
 def our_rows(setup: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
-  from echo_jax import inference
 
   config = setup["config"]
   generator = inference.ReportGenerator(
@@ -165,10 +167,6 @@ def our_rows(setup: dict[str, Any], args: argparse.Namespace) -> list[dict[str, 
 
 def forward_costs(setup: dict[str, Any], args: argparse.Namespace) -> dict[str, float]:
   """Milliseconds of a prefill and of one extend forward of n new tokens (see module doc)."""
-  import jax
-  import jax.numpy as jnp
-
-  from echo_jax import inference
 
   generator = inference.ReportGenerator(
     setup["model"], setup["tokenizer"], setup["example_fn"], batch_size=args.batch_size
@@ -311,7 +309,6 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def environment() -> dict[str, Any]:
-  import jax
 
   return dict(
     jax=jax.__version__,

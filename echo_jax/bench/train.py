@@ -55,7 +55,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from echo_jax.data import pipeline
+from echo_jax.data import examples
 from echo_jax.diffusion import bd3, packed, rad
 from echo_jax.models.config import ModelConfig, TextConfig
 from echo_jax.models.presets import TINY_TOKEN_IDS, get_preset, preset_names
@@ -179,7 +179,7 @@ def make_loss_fn(layout: str, config: ModelConfig, block_len: int, full_logits: 
   def loss_fn(model: EchoVLM, batch: dict[str, jax.Array], key: jax.Array):
     b = pack(
       batch["context_tokens"],
-      pipeline.context_positions_3BP(batch),
+      examples.context_positions_3BP(batch),
       batch["context_valid"],
       batch["response_tokens"],
       batch["response_valid"],

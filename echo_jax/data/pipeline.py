@@ -26,7 +26,6 @@ from typing import Any
 
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -185,80 +184,3 @@ class GlobalBatchIterator:
 
   def set_state(self, state: Mapping[str, Any]) -> None:
     self.grain_iterator.set_state(state)
-
-
-@dataclasses.dataclass(frozen=True)
-class StudyExamples:
-  """Study -> one fixed-shape training example (the `transform` of the pipeline).
-
-  Fields of the example (P = context_len, R = response_len, N = max_patches):
-    context_tokens  int32 (P,)    chat prompt with the images' <|image_pad|> tokens, left-padded
-    context_valid   bool (P,)     False on the left padding
-    context_positions int32 (3, P) multimodal rotary positions (0 on padding)
-    next_position   int32 ()      position of the first response token
-    response_tokens int32 (R,)    report, EOS, then pad tokens
-    vision          VisionInputs  the study's patches padded to N (batch dim added by batching)
-    truncated       int32 ()      1 when the report was cut to R tokens (its EOS is lost)
-  A context longer than P or images with more than N patches raise ValueError: they
-  cannot be cut without breaking the image-token layout, so the sizes must be raised.
-  """
-
-  tokenizer: Any  # echo_jax.data.tokenizer.Tokenizer
-  model_config: Any  # echo_jax.models.config.ModelConfig
-  image_config: Any  # echo_jax.data.images.ImageConfig
-  context_len: int
-  response_len: int
-  max_patches: int
-  instruction: str | None = None  # the user turn's text; None = the ECHO instruction
-
-  def __call__(self, study: Any) -> Example:
-    from echo_jax.data import images, tokenizer
-    from echo_jax.models import positions
-    from echo_jax.models.vision_layout import prepare_vision_inputs
-
-    ids = self.model_config.tokens
-    patches, grid_thw = images.load_study_images(study.image_paths, self.image_config)
-    if len(patches) > self.max_patches:
-      raise ValueError(
-        f"study {study.id}: its images have {len(patches)} patches > data.max_patches={self.max_patches}; "
-        "raise data.max_patches or lower data.max_pixels"
-      )
-    merge = self.model_config.vision.spatial_merge_size
-    prompt = tokenizer.encode_prompt(
-      self.tokenizer,
-      [images.num_image_tokens(g, merge) for g in grid_thw],
-      self.instruction or tokenizer.ECHO_INSTRUCTION,
-    )
-    if len(prompt) > self.context_len:
-      raise ValueError(
-        f"study {study.id}: the context has {len(prompt)} tokens > data.context_len={self.context_len}; "
-        "raise data.context_len (a multiple of the block length) or lower data.max_pixels"
-      )
-    pad = self.context_len - len(prompt)
-    context = np.concatenate([np.full(pad, ids.pad, np.int32), prompt])
-    valid = np.arange(self.context_len) >= pad
-    positions_3P, next_position = positions.rope_positions(
-      context, grid_thw, valid, self.model_config
-    )
-
-    report = tokenizer.encode_report(self.tokenizer, study.report)
-    truncated = len(report) > self.response_len
-    response = np.full(self.response_len, ids.pad, np.int32)
-    response[: min(len(report), self.response_len)] = report[: self.response_len]
-    vision = prepare_vision_inputs(
-      [patches], [grid_thw], self.model_config.vision, self.max_patches
-    )
-    return {
-      "context_tokens": context,
-      "context_valid": valid,
-      "context_positions": positions_3P.astype(np.int32),
-      "next_position": np.int32(next_position),
-      "response_tokens": response,
-      "vision": jax.tree.map(lambda x: x[0], vision),
-      "truncated": np.int32(truncated),
-    }
-
-
-def context_positions_3BP(batch: Mapping[str, Any]) -> jax.Array:
-  """A batch's `context_positions`, stored (B, 3, P), in the (3, B, P) layout of the model."""
-  return jnp.swapaxes(batch["context_positions"], 0, 1)

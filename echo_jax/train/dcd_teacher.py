@@ -12,7 +12,7 @@ from typing import Any
 
 from flax import nnx
 
-from echo_jax.data import pipeline
+from echo_jax.data import examples
 from echo_jax.diffusion import dcd
 from echo_jax.models.config import ModelConfig
 from echo_jax.models.decode_model import DecodeContext, EchoDecodeModel
@@ -58,7 +58,7 @@ def make_prepare_batch(
   def prepare(state: TrainState, graphdef: nnx.GraphDef, batch: Any) -> Any:
     context = DecodeContext(
       tokens_BP=batch["context_tokens"],
-      positions_3BP=pipeline.context_positions_3BP(batch),
+      positions_3BP=examples.context_positions_3BP(batch),
       valid_BP=batch["context_valid"].astype(bool),
       vision=batch.get("vision"),
     )

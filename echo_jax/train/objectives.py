@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from echo_jax.data import pipeline
+from echo_jax.data import examples
 from echo_jax.diffusion import ar, dcd_loss, rad
 from echo_jax.diffusion.packed import PackedBatch
 from echo_jax.train import step as step_lib
@@ -37,7 +37,7 @@ Objective = Callable[
 def _unpack(batch: Batch) -> tuple[jax.Array, ...]:
   return (
     batch["context_tokens"],
-    pipeline.context_positions_3BP(batch),
+    examples.context_positions_3BP(batch),
     batch["context_valid"].astype(bool),
     batch["response_tokens"],
     batch["next_position"],

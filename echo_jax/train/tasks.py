@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from echo_jax import config_lib
-from echo_jax.data import datasets, images, pipeline
+from echo_jax.data import datasets, examples, images
 from echo_jax.data import tokenizer as tokenizer_lib
 from echo_jax.data.study import Study
 from echo_jax.models.config import ModelConfig
@@ -125,7 +125,7 @@ def build_task(
   image_config = images.ImageConfig.from_vision_config(
     model_config.vision, min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels
   )
-  transform = pipeline.StudyExamples(
+  transform = examples.StudyExamples(
     tokenizer=tokenizer,
     model_config=model_config,
     image_config=image_config,
