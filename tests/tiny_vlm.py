@@ -16,7 +16,7 @@ from flax import nnx
 
 from echo_jax.data import images, readers, synthetic
 from echo_jax.data import tokenizer as tokenizer_lib
-from echo_jax.data.pipeline import StudyExamples
+from echo_jax.data.examples import StudyExamples
 from echo_jax.models.presets import get_preset
 from echo_jax.models.vlm import EchoVLM
 

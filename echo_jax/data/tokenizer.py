@@ -32,7 +32,20 @@ import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, trainers
 
 from echo_jax.models.config import TokenIds
-from echo_jax.models.presets import TINY_SPECIAL_TOKENS
+
+# The tiny BPE's special tokens, first in its vocabulary in this order: ids 0..7, the
+# tiny preset's TokenIds (pad, im_start, eos, vision_start, vision_end, image_pad,
+# video_pad, mask).
+TINY_SPECIAL_TOKENS = (
+  "<|endoftext|>",
+  "<|im_start|>",
+  "<|im_end|>",
+  "<|vision_start|>",
+  "<|vision_end|>",
+  "<|image_pad|>",
+  "<|video_pad|>",
+  "<|MASK|>",
+)
 
 ECHO_INSTRUCTION = (
   "Review this chest X-ray and write a report. Use this format: Findings: {}, Impression: {}."

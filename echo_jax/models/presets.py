@@ -7,20 +7,10 @@ from __future__ import annotations
 
 from echo_jax.models.config import ModelConfig, TextConfig, TokenIds, VisionConfig
 
-# The tiny tokenizer (trained on the synthetic reports by echo_jax.data.tokenizer)
-# puts its special tokens first, in this order, so their ids are 0..7.
+# The tiny tokenizer (trained on the synthetic reports by echo_jax.data.tokenizer) puts
+# its special tokens (tokenizer.TINY_SPECIAL_TOKENS) first, so their ids are 0..7.
 TINY_TOKEN_IDS = TokenIds(
   pad=0, im_start=1, eos=2, vision_start=3, vision_end=4, image_pad=5, video_pad=6, mask=7
-)
-TINY_SPECIAL_TOKENS = (
-  "<|endoftext|>",
-  "<|im_start|>",
-  "<|im_end|>",
-  "<|vision_start|>",
-  "<|vision_end|>",
-  "<|image_pad|>",
-  "<|video_pad|>",
-  "<|MASK|>",
 )
 
 _PRESETS: dict[str, ModelConfig] = {
