@@ -38,7 +38,7 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from echo_jax.data import tokenizer as tokenizer_lib
 from echo_jax.data.pipeline import stack_examples
@@ -80,15 +80,16 @@ def _context_shardings(
   context: DecodeContext, mesh: Mesh, rules: sharding_lib.LogicalRules
 ) -> DecodeContext:
   """Batch dimension of every context leaf on the batch axes (dim 1 of positions_3BP)."""
-  batch = context.tokens_BP.shape[0]
-  spec = sharding_lib.logical_to_mesh(("batch",), mesh, rules, (batch,))
-  along = spec[0] if len(spec) else None
-  lead = NamedSharding(mesh, PartitionSpec(along))
+  size = context.tokens_BP.shape[0]
+
+  def along_batch(ndim: int, batch_dim: int = 0) -> NamedSharding:
+    return sharding_lib.batch_sharding(mesh, ndim, rules, batch_dim=batch_dim, batch_size=size)
+
   return DecodeContext(
-    tokens_BP=lead,
-    positions_3BP=NamedSharding(mesh, PartitionSpec(None, along)),
-    valid_BP=lead,
-    vision=jax.tree.map(lambda _: lead, context.vision),
+    tokens_BP=along_batch(2),
+    positions_3BP=along_batch(3, batch_dim=1),
+    valid_BP=along_batch(2),
+    vision=jax.tree.map(lambda x: along_batch(np.ndim(x)), context.vision),
   )
 
 

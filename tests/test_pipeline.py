@@ -145,7 +145,7 @@ def test_global_arrays_are_split_over_batch_axes():
   )
   batch = next(it)
   assert isinstance(batch["tokens"], jax.Array) and batch["tokens"].shape == (8, 3)
-  assert batch["tokens"].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))
+  assert batch["tokens"].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None)
   # 4 batch shards, each held by the 2 "tensor" devices.
   shard_rows = sorted(
     {(s.index[0].start, s.index[0].stop) for s in batch["tokens"].addressable_shards}

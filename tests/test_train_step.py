@@ -13,6 +13,7 @@ import optax
 import pytest
 from flax import nnx
 
+from echo_jax.models.sharding import batch_sharding
 from echo_jax.train import mesh as mesh_lib
 from echo_jax.train import optimizer as optimizer_lib
 from echo_jax.train import state as state_lib
@@ -110,7 +111,7 @@ def build(config, mesh, freeze=(), accum=1, seed=0, loss_fn=tiny_loss):
 
 
 def put(batch, mesh):
-  return jax.device_put(batch, mesh_lib.batch_sharding(mesh))
+  return jax.device_put(batch, jax.tree.map(lambda x: batch_sharding(mesh, x.ndim), batch))
 
 
 # ---- an independent numpy implementation of the stand-in forward, loss and AdamW ----

@@ -27,13 +27,14 @@ from typing import Any
 import grain
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
+
+from echo_jax.models.sharding import batch_sharding
 
 Example = dict[str, Any]
 Transform = Callable[[Any], Example]
 
 HOST_ONLY_FIELDS = ("truncated",)  # statistics counted on the host, never sent to devices
-BATCH_AXES = ("data", "fsdp")
 
 
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -139,18 +140,16 @@ def eval_dataset(
   )
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
-
-
 def to_global(local_batch: Example, mesh: Mesh | None) -> Example:
   """Per-process numpy batch -> global jax.Arrays split over (data, fsdp) on `mesh`."""
   if mesh is None:
     return jax.tree.map(np.asarray, local_batch)
-  sharding = batch_sharding(mesh)
-  return jax.tree.map(
-    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
-  )
+
+  def one(x: Any) -> jax.Array:
+    x = np.asarray(x)
+    return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
+
+  return jax.tree.map(one, local_batch)
 
 
 class GlobalBatchIterator:

@@ -102,6 +102,20 @@ def param_shardings(
   return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def batch_sharding(mesh: Mesh, ndim: int, rules: LogicalRules = DEFAULT_LOGICAL_RULES):
-  """NamedSharding of a batch-leading array: dim 0 on the "batch" axes, the rest replicated."""
-  return NamedSharding(mesh, logical_to_mesh(("batch",) + (None,) * (ndim - 1), mesh, rules))
+def batch_sharding(
+  mesh: Mesh,
+  ndim: int = 1,
+  rules: LogicalRules = DEFAULT_LOGICAL_RULES,
+  *,
+  batch_dim: int = 0,
+  batch_size: int | None = None,
+) -> NamedSharding:
+  """The one sharding of batch arrays: dim `batch_dim` on the "batch" axes (data, fsdp
+  by the default rules), the rest replicated. With `batch_size`, a batch the axes do
+  not divide is replicated instead of refused."""
+  names: list[str | None] = [None] * ndim
+  names[batch_dim] = "batch"
+  shape = None
+  if batch_size is not None:
+    shape = [batch_size if d == batch_dim else 1 for d in range(ndim)]
+  return NamedSharding(mesh, logical_to_mesh(names, mesh, rules, shape))

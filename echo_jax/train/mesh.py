@@ -13,13 +13,12 @@ from typing import Any
 
 import jax
 import ml_collections
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from echo_jax import config_lib
 from echo_jax.models import sharding as model_sharding
 
 AXES = config_lib.MESH_AXES  # ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
 
 DEFAULT_RULES = model_sharding.DEFAULT_LOGICAL_RULES  # embed->fsdp, mlp/heads/kv/vocab->tensor
 
@@ -59,8 +58,3 @@ def variable_shardings(abstract_state: Any, mesh: Mesh, rules: Sequence[tuple[st
   dimension the mesh axes do not divide replicates, a mesh axis shards one dimension.
   """
   return model_sharding.param_shardings(abstract_state, mesh, tuple(rules))
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Examples split over data*fsdp devices; the rest of each array replicated."""
-  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
