@@ -81,7 +81,12 @@ def _studies(setup):
 
 @pytest.mark.parametrize(
   "sampler, block_len",
-  [("one_step", 4), ("one_step", 8), ("multi_step", 4), ("multi_step", 8)],
+  [
+    ("one_step", 4),
+    pytest.param("one_step", 8, marks=pytest.mark.slow),  # the same code path at B = 8
+    pytest.param("multi_step", 4, marks=pytest.mark.slow),  # the same code path at B = 4
+    ("multi_step", 8),
+  ],
 )
 def test_released_profile_matches_torch_reference(released_dir, sampler, block_len):
   setup, path = released_dir

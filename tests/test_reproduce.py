@@ -97,6 +97,9 @@ def test_main_job_end_to_end(tmp_path):
   assert "loss=" not in log
 
 
+# Slow: the default run's main-job test above trains every stage through the same entry
+# point, and resuming is tested in tests/test_checkpoint.py and tests/test_preemption.py.
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_single_stage_runs_from_a_fresh_checkout_and_resumes(tmp_path):
   work = tmp_path / "rad"  # given relative to the working directory, as users do
