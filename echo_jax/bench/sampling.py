@@ -297,13 +297,15 @@ def peer_row(setup: dict[str, Any], args: argparse.Namespace, work: str) -> dict
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
   ar = next((r for r in rows if r["sampler"] == "ar"), rows[0])
   lines = [
-    "| decoder | batch | TPF | tokens/s | ms/report | speed-up vs AR |",
-    "|---|---|---|---|---|---|",
+    "| decoder | batch | TPF | tokens/s | ms/report | of which forwards | speed-up vs AR |",
+    "|---|---|---|---|---|---|---|",
   ]
   for r in rows:
+    forwards = f"{r['predicted_ms']:.1f}" if "predicted_ms" in r else "n/a"
     lines.append(
       f"| {r['name']} | {r['batch_size']} | {r['tpf']:.2f} | {r['tokens_per_second']:.1f} | "
-      f"{r['ms_per_report']:.1f} | {r['tokens_per_second'] / ar['tokens_per_second']:.2f}x |"
+      f"{r['ms_per_report']:.1f} | {forwards} | "
+      f"{r['tokens_per_second'] / ar['tokens_per_second']:.2f}x |"
     )
   return "\n".join(lines)
 
@@ -319,6 +321,33 @@ def environment() -> dict[str, Any]:
     python=platform.python_version(),
     machine=platform.machine(),
   )
+
+
+def predicted_ms(row: dict[str, Any], costs: dict[str, float]) -> float:
+  """Milliseconds a report of `row` would take if the sampler did nothing but its forwards:
+  the prefill and, per forward, the measured extend of as many tokens as it feeds (AR 1;
+  a block sampler B, or 2 B when the finished block is appended in the same forward:
+  every one-step forward after the first, and the first step of every later
+  multi-step block), divided over the batch."""
+  reports, batch = row["reports"], row["batch_size"]
+  forwards = row["forwards"] / reports  # per report = per batch call (lockstep)
+  b = row["block_len"]
+  if row["sampler"] == "ar":
+    ms = forwards * costs["extend_1_tokens"]
+  else:
+    blocks = row["tokens"] / reports / b
+    fused = max(blocks - 1, 0)  # the first block has nothing to append
+    ms = fused * costs[f"extend_{2 * b}_tokens"] + (forwards - fused) * costs[f"extend_{b}_tokens"]
+  return (costs["prefill"] + ms) / batch
+
+
+def with_overhead(rows: list[dict[str, Any]], costs: dict[str, float]) -> None:
+  """Add predicted_ms (prefill + forwards, see `predicted_ms`) and overhead_ms (measured
+  ms per report minus that) to every row of ours: time spent outside the forwards."""
+  for row in rows:
+    if row["sampler"] in ("ar", "one_step", "multi_step"):
+      row["predicted_ms"] = predicted_ms(row, costs)
+      row["overhead_ms"] = row["ms_per_report"] - row["predicted_ms"]
 
 
 def _costs_line(costs: dict[str, float]) -> str:
@@ -346,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       only = dict(preset=args.preset, forward_costs=costs, environment=environment())
       return _write(args, only)
     rows = our_rows(setup, args)
+    with_overhead(rows, costs)
     if not args.no_peer:
       rows.append(peer_row(setup, args, work))
   ar = next(r for r in rows if r["sampler"] == "ar")
