@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from echo_jax.bench import sampling as bench
 
 
@@ -42,3 +44,39 @@ def test_predicted_ms_counts_fused_forwards():
   # Multi-step B = 4, 16 tokens in 10 forwards: 3 fused first steps, 7 plain ones.
   row = dict(sampler="multi_step", block_len=4, reports=1, batch_size=1, forwards=10, tokens=16)
   assert bench.predicted_ms(row, costs) == 10.0 + 3 * 3.0 + 7 * 2.0
+
+
+def _point(batch, speeds):
+  names = [("AR (echo_jax)", "ar"), ("one-step B=8", "one_step")]
+  rows = [
+    dict(name=n, sampler=k, tokens_per_second=v, ms_per_report=1000.0 / v)
+    for (n, k), v in zip(names, speeds, strict=True)
+  ]
+  return dict(batch_size=batch, forward_costs={}, rows=rows)
+
+
+def test_sweep_table_and_plot(tmp_path):
+  points = [_point(1, [100.0, 150.0]), _point(8, [600.0, 1100.0])]
+  table = bench.sweep_markdown(points)
+  assert table.splitlines()[0] == "| decoder | batch 1 | batch 8 |"
+  assert "| one-step B=8 | 150 tok/s (6.7 ms) | 1100 tok/s (0.9 ms) |" in table
+  png = tmp_path / "sweep.png"
+  bench.sweep_figure(points, str(png))
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow  # every sampler compiled at two batch sizes
+def test_batch_sweep_end_to_end(tmp_path):
+  out = tmp_path / "sweep.json"
+  result = bench.main(
+    ["--data", str(tmp_path / "data"), "--num_prompts", "1", "--new_tokens", "8",
+     "--repeats", "1", "--loop", "2", "--no_peer", "--batch_sizes", "1", "2", "--out", str(out)]
+  )  # fmt: skip
+  saved = json.loads(out.read_text())
+  assert [p["batch_size"] for p in saved["sweep"]] == [1, 2]
+  for point in saved["sweep"]:
+    assert len(point["rows"]) == 5 and all(
+      r["batch_size"] == point["batch_size"] for r in point["rows"]
+    )
+    assert all(r["reports"] == max(1, point["batch_size"]) for r in point["rows"])
+  assert (tmp_path / "sweep.png").is_file() and result["plot"] == str(tmp_path / "sweep.png")

@@ -75,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--data", default="", help="synthetic benchmark dir (default: a temporary one)")
   p.add_argument("--num_prompts", type=int, default=8, help="studies decoded per row")
   p.add_argument("--batch_size", type=int, default=1, help="studies per sampler call (ours)")
+  p.add_argument(
+    "--batch_sizes",
+    type=int,
+    nargs="+",
+    default=None,
+    help="a batch sweep: every row at each batch size (e.g. 1 8 32 64), with a plot",
+  )
+  p.add_argument("--plot", default="", help="PNG of the sweep (default: --out with .png)")
   p.add_argument("--new_tokens", type=int, default=64, help="new tokens per report (mult. of 8)")
   p.add_argument("--pixels", type=int, default=112 * 112, help="image area after resizing")
   p.add_argument("--repeats", type=int, default=5, help="timed passes per row; the fastest counts")
@@ -91,10 +99,9 @@ def _parser() -> argparse.ArgumentParser:
 def build(args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
   """Model, tokenizer, studies and the StudyExamples transform of the benchmark."""
 
-  synthetic.write_benchmark(
-    data_dir, args.num_prompts, args.seed, workers=1, gallery=False, progress=False
-  )
-  studies = readers.read_dataset("r2gen", data_dir)[: args.num_prompts]
+  num = max(args.num_prompts, *(args.batch_sizes or [args.batch_size]))
+  synthetic.write_benchmark(data_dir, num, args.seed, workers=1, gallery=False, progress=False)
+  studies = readers.read_dataset("r2gen", data_dir)[:num]
   if args.checkpoint:
     # A trained run: its own model, preset and tokenizer (runs.load_run).
     run = runs.load_run(args.checkpoint, data_path=data_dir)
@@ -350,6 +357,63 @@ def with_overhead(rows: list[dict[str, Any]], costs: dict[str, float]) -> None:
       row["overhead_ms"] = row["ms_per_report"] - row["predicted_ms"]
 
 
+def sweep(setup: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+  """Every row of ours at each of --batch_sizes: {batch_size, forward_costs, rows}.
+
+  A batch of b decodes max(--num_prompts, b) studies, so every batch size is timed on
+  at least one full batch."""
+  points = []
+  for b in args.batch_sizes:
+    at = argparse.Namespace(**{**vars(args), "batch_size": b})
+    part = {**setup, "studies": setup["studies"][: max(args.num_prompts, b)]}
+    costs = forward_costs(part, at)
+    rows = our_rows(part, at)
+    with_overhead(rows, costs)
+    points.append(dict(batch_size=b, forward_costs=costs, rows=rows))
+  return points
+
+
+def sweep_figure(points: Sequence[dict[str, Any]], path: str) -> None:
+  """tokens/s against batch size, one line per sampler (log-log), saved as a PNG."""
+  import matplotlib  # the plotting backend is chosen before pyplot loads
+
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+  sizes = [p["batch_size"] for p in points]
+  for i, name in enumerate(r["name"] for r in points[0]["rows"]):
+    speeds = [p["rows"][i]["tokens_per_second"] for p in points]
+    ax.plot(sizes, speeds, marker="o", label=name)
+  ax.set_xscale("log", base=2)
+  ax.set_yscale("log")
+  ax.set_xticks(sizes, [str(b) for b in sizes])
+  ax.set_xlabel("batch size (reports per sampler call)")
+  ax.set_ylabel("new tokens per second")
+  ax.set_title("Decoding throughput against batch size")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def sweep_markdown(points: Sequence[dict[str, Any]]) -> str:
+  """tokens/s (and ms per report) of every sampler at every batch size."""
+  sizes = [p["batch_size"] for p in points]
+  lines = [
+    "| decoder | " + " | ".join(f"batch {b}" for b in sizes) + " |",
+    "|---|" + "---|" * len(sizes),
+  ]
+  for i, row in enumerate(points[0]["rows"]):
+    cells = [
+      f"{p['rows'][i]['tokens_per_second']:.0f} tok/s ({p['rows'][i]['ms_per_report']:.1f} ms)"
+      for p in points
+    ]
+    lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def _costs_line(costs: dict[str, float]) -> str:
   return "ms per forward: " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items())
 
@@ -367,6 +431,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     raise SystemExit(f"--new_tokens={args.new_tokens} must be a positive multiple of 8")
   if args.repeats < 1:
     raise SystemExit(f"--repeats={args.repeats} must be >= 1")
+  if args.batch_sizes and min(args.batch_sizes) < 1:
+    raise SystemExit(f"--batch_sizes {args.batch_sizes}: every batch size must be >= 1")
+  if args.batch_sizes:
+    return _sweep_main(args, argv)
   with tempfile.TemporaryDirectory() as work:
     setup = build(args, args.data or os.path.join(work, "data"))
     costs = forward_costs(setup, args)
@@ -402,6 +470,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   print(_costs_line(costs))
   if peer is not None:
     print(f"AR vs transformers: {result['ar_equals_peer']}")
+  return result
+
+
+def _sweep_main(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
+  with tempfile.TemporaryDirectory() as work:
+    setup = build(args, args.data or os.path.join(work, "data"))
+    points = sweep(setup, args)
+  for point in points:
+    for row in point["rows"]:
+      row.pop("predictions")
+  plot = args.plot or os.path.splitext(args.out)[0] + ".png"
+  os.makedirs(os.path.dirname(os.path.abspath(plot)), exist_ok=True)
+  sweep_figure(points, plot)
+  result = dict(
+    command="python -m echo_jax.bench.sampling " + " ".join(sys.argv[1:] if argv is None else argv),
+    preset=args.preset,
+    weights=args.checkpoint or f"random (seed {args.seed})",
+    prompt_tokens=setup["prompt_tokens"],
+    new_tokens=args.new_tokens,
+    environment=environment(),
+    sweep=points,
+    plot=plot,
+    markdown=sweep_markdown(points),
+  )
+  _write(args, result)
+  print(result["markdown"])
+  print(f"plot -> {plot}")
   return result
 
 
