@@ -234,3 +234,20 @@ def test_export_refuses_a_previous_export(exported, capsys):
   assert "--overwrite" in capsys.readouterr().err
   with pytest.raises(UserError, match="no such directory"):
     export.main(["--checkpoint", os.path.join(work, "nowhere"), "--out", out + "_2"])
+
+
+def test_sampling_benchmark_peer_matches_ar_on_these_weights(exported, tmp_path):
+  """The benchmark's transformers row decodes what our AR sampler decodes (issue: 0/8)."""
+  from echo_jax.bench import sampling
+
+  _, work, _ = exported
+  argv = ["--checkpoint", work, "--num_prompts", "2", "--new_tokens", "8", "--repeats", "1"]
+  args = sampling._parser().parse_args([*argv, "--pixels", str(tiny_vlm.PIXELS), "--out", "x"])
+  setup = sampling.build(args, str(tmp_path / "data"))
+  gen = ReportGenerator(setup["model"], setup["tokenizer"], setup["example_fn"], batch_size=1)
+  sampler = make_sampler("ar", setup["config"].tokens, max_new_tokens=args.new_tokens)
+  sampler = dataclasses.replace(sampler, eos_id=setup["config"].text.vocab_size)
+  ours = [r["prediction"] for r in gen.generate(setup["studies"], sampler)]
+  peer = sampling.peer_row(setup, args, str(tmp_path))
+  assert len(set(ours)) > 1
+  assert peer["predictions"] == ours
