@@ -251,3 +251,20 @@ def test_sampling_benchmark_peer_matches_ar_on_these_weights(exported, tmp_path)
   peer = sampling.peer_row(setup, args, str(tmp_path))
   assert len(set(ours)) > 1
   assert peer["predictions"] == ours
+
+
+def test_generate_command_decodes_the_export(exported):
+  """`python -m echo_jax.generate --checkpoint EXPORT` finds the tokenizer and weights there."""
+  from echo_jax import generate
+
+  setup, _, out = exported
+  study = setup.studies[2]
+  argv = ["--checkpoint", out, "--images", *study.image_paths, "--sampler", "ar"]
+  argv += ["--max_new_tokens", "8", "--min_pixels", str(tiny_vlm.PIXELS)]
+  argv += ["--max_pixels", str(tiny_vlm.PIXELS), "--context_len", str(tiny_vlm.CONTEXT_LEN)]
+  argv += ["--max_patches", "16"]
+  rows = generate.main(argv)
+  gen = ReportGenerator(setup.model, setup.tokenizer, setup.example_fn, batch_size=1)
+  sampler = make_sampler("ar", setup.config.tokens, max_new_tokens=8)
+  want = gen.generate([study], sampler)[0]["prediction"]
+  assert want and rows[0]["prediction"] == want
