@@ -22,7 +22,9 @@ The directory written:
                              video part of that processor, even for images only)
 
 The block length and pixel bounds are the workdir's decoding profile (echo_jax/profiles.py:
-its config.json `block_len`, `data.min_pixels` / `data.max_pixels`); flags override.
+its config.json `block_len`, `data.min_pixels` / `data.max_pixels`; for a Hugging Face
+directory the block length its config.json states and the pixel bounds of its
+preprocessor_config.json); flags override.
 With transformers, pass `mm_token_type_ids` (0 text, 1 image) to `generate`, as the
 processor does: without it the image tokens get 1-D positions instead of the 3-D ones
 the model was trained with.
@@ -116,6 +118,23 @@ def video_processor_config(image_config: images.ImageConfig) -> dict[str, Any]:
   return {"video_processor_type": "Qwen2VLVideoProcessor", **fields}
 
 
+def stated_pixels(path: str) -> tuple[int | None, int | None]:
+  """(min_pixels, max_pixels) of a Hugging Face directory's preprocessor_config.json
+  (`size` or the older top-level keys); None where it states none."""
+  file = os.path.join(path, "preprocessor_config.json")
+  if not os.path.isfile(file):
+    return None, None
+  try:
+    with open(file) as f:
+      pre = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError("preprocessor_config.json", where=file, why=str(e)) from None
+  size = pre.get("size") if isinstance(pre.get("size"), dict) else {}
+  low = size.get("shortest_edge", pre.get("min_pixels"))
+  high = size.get("longest_edge", pre.get("max_pixels"))
+  return (int(low) if low else None), (int(high) if high else None)
+
+
 def _write_json(path: str, data: dict[str, Any]) -> None:
   with open(path, "w") as f:
     json.dump(data, f, indent=2)
@@ -167,11 +186,15 @@ def main(argv: Sequence[str] | None = None) -> str:
     raise UserError(f"--out {args.out}", why="is the checkpoint itself")
   _check_out(args.out, args.overwrite)
 
-  saved = {} if runs.is_hf_dir(args.checkpoint) else runs.workdir_config(args.checkpoint)
+  hf_dir = runs.is_hf_dir(args.checkpoint)
+  saved = {} if hf_dir else runs.workdir_config(args.checkpoint)
+  # A Hugging Face directory states its block length in config.json, if anywhere.
+  stated = hf_import.config_block_len(hf_import.read_config(args.checkpoint)) if hf_dir else None
+  min_pixels, max_pixels = stated_pixels(args.checkpoint) if hf_dir else (None, None)
   profile = profiles.profile_for(args.checkpoint, saved).with_overrides(
-    block_len=args.block_len or None,
-    min_pixels=args.min_pixels or None,
-    max_pixels=args.max_pixels or None,
+    block_len=args.block_len or stated,
+    min_pixels=args.min_pixels or min_pixels,
+    max_pixels=args.max_pixels or max_pixels,
   )
   tokenizer = tokenizer_lib.load_tokenizer(
     runs.find_tokenizer(args.checkpoint, saved, explicit=args.tokenizer, data_path=args.data_path)
