@@ -21,7 +21,7 @@ import tiny_vlm
 from etils import epath
 from flax import nnx
 
-from echo_jax import export, runs
+from echo_jax import export, profiles, runs
 from echo_jax.data import images
 from echo_jax.data import tokenizer as tokenizer_lib
 from echo_jax.inference import ReportGenerator, make_sampler
@@ -264,6 +264,8 @@ def test_generate_command_decodes_the_export(exported):
   argv += ["--max_pixels", str(tiny_vlm.PIXELS), "--context_len", str(tiny_vlm.CONTEXT_LEN)]
   argv += ["--max_patches", "16"]
   rows = generate.main(argv)
+  # Without --block_len the export's block length is the decoding profile's.
+  assert profiles.profile_for(out, {}).block_len == BLOCK_LEN
   gen = ReportGenerator(setup.model, setup.tokenizer, setup.example_fn, batch_size=1)
   sampler = make_sampler("ar", setup.config.tokens, max_new_tokens=8)
   want = gen.generate([study], sampler)[0]["prediction"]
