@@ -170,6 +170,9 @@ def profile_for(
     raise UserError(f"decoding profile {profile!r}", fix=f"use one of {', '.join(PROFILES)}")
   if profile == "released" or (profile == "auto" and not saved and looks_released(path)):
     return released_profile(path, lang=lang)
+  if not saved and path and (stated := _config_block_len(path)):
+    # A Hugging Face directory (python -m echo_jax.export) with its block length.
+    return echo_jax_profile({"block_len": stated}, lang=lang)
   return echo_jax_profile(saved, lang=lang)
 
 

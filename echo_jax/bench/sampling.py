@@ -225,7 +225,8 @@ def forward_costs(setup: dict[str, Any], args: argparse.Namespace) -> dict[str, 
 
 
 def peer_row(setup: dict[str, Any], args: argparse.Namespace, work: str) -> dict[str, Any]:
-  """transformers' greedy generate on the same weights and prompts, batch 1."""
+  """transformers' greedy generate on the same weights and prompts, batch 1, with the image
+  tokens marked in `mm_token_type_ids` so they get the same 3-D positions as ours."""
   import numpy as np
   import torch
   import transformers
@@ -253,6 +254,10 @@ def peer_row(setup: dict[str, Any], args: argparse.Namespace, work: str) -> dict
         attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
         pixel_values=torch.tensor(patches),
         image_grid_thw=torch.tensor(grid),
+        # 1 marks the image tokens, as the processor's output does: without it transformers
+        # gives them 1-D positions instead of the 3-D ones echo_jax (and training) uses,
+        # which on trained weights changes the greedy reports.
+        mm_token_type_ids=torch.tensor(ids[None] == config.tokens.image_pad, dtype=torch.long),
       )
     )
   n = args.new_tokens

@@ -507,9 +507,15 @@ def load_pretrained(
   return model, config
 
 
-def save_pretrained(model: EchoVLM, config: ModelConfig, path: str | pathlib.Path) -> None:
+def save_pretrained(
+  model: EchoVLM, config: ModelConfig, path: str | pathlib.Path, *, block_len: int | None = None
+) -> None:
   """Write `config.json` and `model.safetensors` (param dtype) that transformers opens with
-  `Qwen2_5_VLForConditionalGeneration.from_pretrained(path)`. A single file, unsharded."""
+  `Qwen2_5_VLForConditionalGeneration.from_pretrained(path)`. A single file, unsharded.
+
+  config.json also states `mask_token_id` (so load_pretrained gives back the same
+  <|MASK|> id) and, when given, the block length as `block_length` (config_block_len).
+  The tokenizer, processor and generation files are written by echo_jax/export.py."""
   path = pathlib.Path(path)
   path.mkdir(parents=True, exist_ok=True)
   tensors: dict[str, np.ndarray] = {}
@@ -518,5 +524,8 @@ def save_pretrained(model: EchoVLM, config: ModelConfig, path: str | pathlib.Pat
     tensors[name] = np.ascontiguousarray(array.T if transposed else array)
   for name, array in vision_to_hf(model.vision, _VISION_PREFIX).items():
     tensors[name] = np.ascontiguousarray(array)
-  (path / "config.json").write_text(json.dumps(config_to_hf(config), indent=2) + "\n")
+  hf = {**config_to_hf(config), "mask_token_id": config.tokens.mask}
+  if block_len is not None:
+    hf["block_length"] = int(block_len)
+  (path / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
   save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
