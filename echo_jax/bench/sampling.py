@@ -47,12 +47,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from echo_jax import inference, runs
 from echo_jax.data import images, readers, synthetic
 from echo_jax.data import tokenizer as tokenizer_lib
 from echo_jax.data.examples import StudyExamples
+from echo_jax.models.hf_import import save_pretrained
 from echo_jax.models.presets import TINY_TOKEN_IDS, get_preset
 from echo_jax.models.vlm import EchoVLM
 
@@ -227,13 +229,8 @@ def forward_costs(setup: dict[str, Any], args: argparse.Namespace) -> dict[str, 
 def peer_row(setup: dict[str, Any], args: argparse.Namespace, work: str) -> dict[str, Any]:
   """transformers' greedy generate on the same weights and prompts, batch 1, with the image
   tokens marked in `mm_token_type_ids` so they get the same 3-D positions as ours."""
-  import numpy as np
-  import torch
+  import torch  # the peer only: torch is a test/benchmark dependency, not a runtime one
   import transformers
-
-  from echo_jax.data import images
-  from echo_jax.data import tokenizer as tokenizer_lib
-  from echo_jax.models.hf_import import save_pretrained
 
   if args.torch_threads:
     torch.set_num_threads(args.torch_threads)
