@@ -6,7 +6,22 @@ One study (its images), report printed with its speed:
 A dataset split to JSONL (one {"id", "prediction", "reference", "stats", "images"} per study,
 the input of `python -m echo_jax.evaluate`):
   python -m echo_jax.generate --checkpoint workdir/dcd8 --dataset r2gen \\
-      --data_path workdir/synthetic --split test --out preds.jsonl
+      --data_path workdir/synthetic --split test --out preds.jsonl [--resume | --overwrite]
+
+Batch runs lose nothing (echo_jax.batch_output): --out is checked before the model is
+loaded (a directory, a parent that cannot be written, or an existing file without
+--resume / --overwrite is one line, exit 2); each study's line is written and flushed as
+soon as its batch is decoded; a study whose images cannot be used (an unreadable,
+truncated or undecodable file: echo_jax.data.images.BadImageError) is left out and
+written to preds.skipped.jsonl as {"id", "images", "reason"}, the reason naming the
+file; the last line says how many were written and skipped, by reason. Once more than
+--max_bad_fraction (0.05) of the studies seen, from 20 studies on, were skipped, the run
+stops (exit 2) keeping what it wrote. --resume skips the ids already in both files (a
+last line cut off by a kill is written again), so an interrupted run continues to the
+file one uninterrupted run writes. --max_images N decodes the first N images of each
+study. An image far from the trained sizes (more than 4x below min_pixels, or flat) is
+one `warning:` line per file, and so is a --min_pixels / --max_pixels more than 4x away
+from the workdir config's data.* value; EXIF orientation is applied on load.
 
 Decoding profile (echo_jax.profiles): a released ECHO directory (Midea-AIRC/ECHO_block8,
 ECHO_Base_block4, ...) decodes as the authors' scripts do (--profile released: global block
