@@ -6,7 +6,22 @@ One study (its images), report printed with its speed:
 A dataset split to JSONL (one {"id", "prediction", "reference", "stats", "images"} per study,
 the input of `python -m echo_jax.evaluate`):
   python -m echo_jax.generate --checkpoint workdir/dcd8 --dataset r2gen \\
-      --data_path workdir/synthetic --split test --out preds.jsonl
+      --data_path workdir/synthetic --split test --out preds.jsonl [--resume | --overwrite]
+
+Batch runs lose nothing (echo_jax.batch_output): --out is checked before the model is
+loaded (a directory, a parent that cannot be written, or an existing file without
+--resume / --overwrite is one line, exit 2); each study's line is written and flushed as
+soon as its batch is decoded; a study whose images cannot be used (an unreadable,
+truncated or undecodable file: echo_jax.data.images.BadImageError) is left out and
+written to preds.skipped.jsonl as {"id", "images", "reason"}, the reason naming the
+file; the last line says how many were written and skipped, by reason. Once more than
+--max_bad_fraction (0.05) of the studies seen, from 20 studies on, were skipped, the run
+stops (exit 2) keeping what it wrote. --resume skips the ids already in both files (a
+last line cut off by a kill is written again), so an interrupted run continues to the
+file one uninterrupted run writes. --max_images N decodes the first N images of each
+study. An image far from the trained sizes (more than 4x below min_pixels, or flat) is
+one `warning:` line per file, and so is a --min_pixels / --max_pixels more than 4x away
+from the workdir config's data.* value; EXIF orientation is applied on load.
 
 Decoding profile (echo_jax.profiles): a released ECHO directory (Midea-AIRC/ECHO_block8,
 ECHO_Base_block4, ...) decodes as the authors' scripts do (--profile released: global block
@@ -37,18 +52,26 @@ compilation (echo_jax.inference: the first batch is decoded once untimed).
 from __future__ import annotations
 
 import argparse
-import json
+import collections
+import contextlib
+import dataclasses
 import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from echo_jax import profiles, runs
+from echo_jax import batch_output, profiles, runs
 from echo_jax.user_errors import UserError, run_cli
 
 SAMPLERS = ("one_step", "multi_step", "ar")
+# The bad fraction of a handful of studies says little (1 of 5 is 20%): it stops a run only
+# once this many studies were seen.
+MIN_STUDIES_FOR_BAD_FRACTION = 20
+# A --max_pixels this many times away from the training run's data.max_pixels is warned about.
+FAR_FROM_TRAINED_PIXELS = 4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +92,20 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--images_root", default="", help="root of the dataset's relative image paths")
   p.add_argument("--num_studies", type=int, default=0, help="first N studies only (0 = all)")
   p.add_argument("--out", help="JSONL file of the predictions (with --dataset)")
+  existing = p.add_mutually_exclusive_group()
+  existing.add_argument(
+    "--resume",
+    action="store_true",
+    help="continue an existing --out: studies already in it (or its skipped file) are not decoded",
+  )
+  existing.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+  p.add_argument(
+    "--max_bad_fraction",
+    type=float,
+    default=0.05,
+    help="stop (exit 2) once more than this share of the studies had unusable images "
+    f"(checked from {MIN_STUDIES_FOR_BAD_FRACTION} studies on; 1 = never stop)",
+  )
   p.add_argument(
     "--profile",
     choices=profiles.PROFILES,
@@ -140,6 +177,8 @@ def validate_flags(args: argparse.Namespace) -> None:
       raise UserError(f"--{name} {value}", why="must be 0 (the default) or positive")
   if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
     raise UserError(f"--threshold {args.threshold:g}", why="a confidence, between 0 and 1")
+  if not 0.0 <= args.max_bad_fraction <= 1.0:
+    raise UserError(f"--max_bad_fraction {args.max_bad_fraction:g}", why="a share, between 0 and 1")
   if args.min_pixels and args.max_pixels and args.min_pixels > args.max_pixels:
     raise UserError(
       f"--min_pixels {args.min_pixels}", why=f"larger than --max_pixels {args.max_pixels}"
@@ -208,6 +247,13 @@ def read_studies(args: argparse.Namespace) -> list[Any]:
     studies = studies[: args.num_studies]
   if not studies:
     raise SystemExit(f"no {args.split} studies in {args.data_path}")
+  if args.max_images:
+    # The first N images of each study (readers put frontal views first).
+    n = args.max_images
+    studies = [
+      dataclasses.replace(s, image_paths=s.image_paths[:n], view_positions=s.view_positions[:n])
+      for s in studies
+    ]
   return studies
 
 
@@ -224,12 +270,159 @@ def _mesh(spec: str) -> Any:
   return mesh_lib.make_mesh(ml_collections.ConfigDict(dict(zip(mesh_lib.AXES, sizes))))
 
 
+# ------------------------------------------------------------------ warnings
+@contextlib.contextmanager
+def image_warnings_as_lines() -> Any:
+  """Print each ImageSizeWarning as one `warning: ...` line, once per image file."""
+  from tqdm.auto import tqdm
+
+  from echo_jax.data.images import ImageSizeWarning
+
+  seen: set[str] = set()
+  with warnings.catch_warnings():
+    warnings.simplefilter("always", ImageSizeWarning)
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+      if not issubclass(category, ImageSizeWarning):
+        return show(message, category, filename, lineno, file, line)
+      key = getattr(message, "path", "") or str(message)
+      if key not in seen:
+        seen.add(key)
+        # Through tqdm, so the line does not land in the middle of the progress bar.
+        tqdm.write(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = showwarning
+    yield
+
+
+def warn_far_from_training(saved: dict[str, Any], min_pixels: int, max_pixels: int) -> None:
+  """One line when the decoding image sizes are far from the training run's data sizes."""
+  data = saved.get("data") or {}
+  for name, value in (("max_pixels", max_pixels), ("min_pixels", min_pixels)):
+    trained = data.get(name)
+    if not isinstance(trained, int) or trained <= 0:
+      continue
+    if value > trained * FAR_FROM_TRAINED_PIXELS or value * FAR_FROM_TRAINED_PIXELS < trained:
+      print(
+        f"warning: --{name} {value} is more than {FAR_FROM_TRAINED_PIXELS}x away from the "
+        f"data.{name}={trained} the model was trained with; reports may degrade",
+        file=sys.stderr,
+      )
+
+
+# ------------------------------------------------------------------ the dataset loop
+def write_dataset(
+  args: argparse.Namespace,
+  generator: Any,
+  studies: list[Any],
+  sampler: Any,
+  sampler_name: str,
+) -> list[dict[str, Any]]:
+  """Decode `studies` into --out line by line (batch_output), skipping unusable studies."""
+  from echo_jax import inference
+  from echo_jax.data.images import BadImageError
+
+  out, skipped_out = args.out, batch_output.skipped_path(args.out)
+  fresh = not args.resume
+  done = [] if fresh else batch_output.read_done(out) + batch_output.read_done(skipped_out)
+  done_ids = {str(r["id"]) for r in done}
+  todo = [s for s in studies if str(s.id) not in done_ids]
+  num_done = len(studies) - len(todo)
+  if done:
+    print(f"resuming {out}: {num_done} of {len(studies)} studies already done", file=sys.stderr)
+  reasons: collections.Counter[str] = collections.Counter(
+    str(r.get("reason", "")).split(":")[0] for r in done if "prediction" not in r
+  )
+  reasons = collections.Counter({k: v for k, v in reasons.items() if k})
+  rows: list[dict[str, Any]] = []
+  seen = num_done
+  skipped = sum(reasons.values())
+  start = time.perf_counter()
+  with (
+    batch_output.JsonlWriter(out, fresh=fresh) as lines,
+    batch_output.JsonlWriter(skipped_out, fresh=fresh) as bad,
+  ):
+    queue = iter(todo)
+    for batch_rows, batch_skipped in generator.iter_rows(
+      todo, sampler, progress=sampler_name, skip=(BadImageError,)
+    ):
+      # The batch consumed the next studies in order: its rows' and its skipped ones.
+      taken = [next(queue) for _ in range(len(batch_rows) + len(batch_skipped))]
+      left_out = {id(s.study) for s in batch_skipped}
+      good = [study for study in taken if id(study) not in left_out]
+      lines.write(
+        {
+          "id": row["id"],
+          "prediction": row["prediction"],
+          "reference": row["reference"],
+          "stats": inference.row_stats(row),
+          "images": list(study.image_paths),
+        }
+        for row, study in zip(batch_rows, good, strict=True)
+      )
+      bad.write(
+        {"id": s.study.id, "images": list(s.study.image_paths), "reason": s.detail}
+        for s in batch_skipped
+      )
+      rows += batch_rows
+      seen += len(batch_rows) + len(batch_skipped)
+      skipped += len(batch_skipped)
+      reasons.update(s.reason for s in batch_skipped)
+      if seen >= MIN_STUDIES_FOR_BAD_FRACTION and skipped > args.max_bad_fraction * seen:
+        _print_summary(args.out, sampler_name, rows, seen - skipped, skipped, reasons, start)
+        raise UserError(
+          f"--max_bad_fraction {args.max_bad_fraction:g}",
+          why=f"{skipped} of the first {seen} studies had unusable images "
+          f"({_reason_counts(reasons)}); stopped, the {seen - skipped} written are kept in {out}",
+          fix=f"see {skipped_out}; check --data_path / --images_root, or raise "
+          "--max_bad_fraction if this is expected (then --resume)",
+        )
+  _print_summary(args.out, sampler_name, rows, seen - skipped, skipped, reasons, start)
+  return rows
+
+
+def _reason_counts(reasons: collections.Counter[str]) -> str:
+  return ", ".join(f"{reason}: {n}" for reason, n in reasons.most_common()) or "none"
+
+
+def _print_summary(
+  out: str,
+  sampler_name: str,
+  rows: list[dict[str, Any]],
+  written: int,
+  skipped: int,
+  reasons: collections.Counter[str],
+  start: float,
+) -> None:
+  """The run's last line: N written, M skipped by reason, this run's speed."""
+  from echo_jax import inference
+
+  wall = time.perf_counter() - start
+  speed = ""
+  if rows:
+    summary = inference.speed_summary(rows)
+    speed = (
+      f"; this run: {summary['reports']} reports, TPF {summary['tpf']:.2f}, "
+      f"{summary['tokens_per_second']:.1f} tokens/s, {summary['ms_per_report']:.1f} ms/report, "
+      f"{summary['loops']} loops (compile excluded; wall {wall:.1f} s)"
+    )
+  print(
+    f"[{sampler_name}] {written} written -> {out}, {skipped} skipped "
+    f"({_reason_counts(reasons)}) -> {batch_output.skipped_path(out)}{speed}",
+    file=sys.stderr,
+  )
+
+
 # ------------------------------------------------------------------ main
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   args = _parser().parse_args(argv)
   validate_flags(args)
   if args.dataset and not args.out:
     raise SystemExit("--dataset writes JSONL: pass --out FILE.jsonl")
+  if args.out and args.dataset:
+    # Before anything slow: a bad --out is found now, not after decoding the dataset.
+    batch_output.check_out_path(args.out, resume=args.resume, overwrite=args.overwrite)
   if not os.path.isdir(args.checkpoint):
     raise SystemExit(f"--checkpoint {args.checkpoint}: no such directory")
 
@@ -262,7 +455,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   studies = read_studies(args)
 
   min_pixels, max_pixels = profile.min_pixels, profile.max_pixels
-  num_images = args.max_images or max(len(s.image_paths) for s in studies)
+  warn_far_from_training(saved, min_pixels, max_pixels)
+  # Sizes from all the studies (not only those left to resume): the same shapes, the same
+  # compiled sampler and the same reports as one uninterrupted run.
+  num_images = max(len(s.image_paths) for s in studies)
   context_len, max_patches = example_sizes(
     tokenizer, config, max_pixels, num_images, block, profile.instruction
   )
@@ -286,36 +482,22 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   generator = inference.ReportGenerator(
     model, tokenizer, example_fn, batch_size=batch_size, mesh=_mesh(args.mesh)
   )
-  start = time.perf_counter()
-  rows = generator.generate(studies, sampler, progress=bool(args.dataset) and profile.sampler)
+  with image_warnings_as_lines():
+    if args.dataset:
+      return write_dataset(args, generator, studies, sampler, profile.sampler)
+    start = time.perf_counter()
+    try:
+      rows = generator.generate(studies, sampler)
+    except images.BadImageError as e:
+      raise UserError("--images", why=str(e)) from None
   total = time.perf_counter() - start
   summary = inference.speed_summary(rows)
-
-  if args.images:
-    row = rows[0]
-    print(row["prediction"])
-    print(
-      f"[{profile.sampler}] TPF {summary['tpf']:.2f} ({row['tokens']} tokens, {row['forwards']} "
-      f"forwards), latency {summary['ms_per_report']:.1f} ms, "
-      f"{summary['tokens_per_second']:.1f} tokens/s; first call with compilation {total:.1f} s",
-      file=sys.stderr,
-    )
-    return rows
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w", encoding="utf-8") as f:
-    for row, study in zip(rows, studies, strict=True):
-      record = {
-        "id": row["id"],
-        "prediction": row["prediction"],
-        "reference": row["reference"],
-        "stats": inference.row_stats(row),
-        "images": list(study.image_paths),
-      }
-      f.write(json.dumps(record) + "\n")
+  row = rows[0]
+  print(row["prediction"])
   print(
-    f"[{profile.sampler}] {summary['reports']} reports -> {args.out}: TPF {summary['tpf']:.2f}, "
-    f"{summary['tokens_per_second']:.1f} tokens/s, {summary['ms_per_report']:.1f} ms/report, "
-    f"{summary['loops']} loops (compile excluded; wall {total:.1f} s)",
+    f"[{profile.sampler}] TPF {summary['tpf']:.2f} ({row['tokens']} tokens, {row['forwards']} "
+    f"forwards), latency {summary['ms_per_report']:.1f} ms, "
+    f"{summary['tokens_per_second']:.1f} tokens/s; first call with compilation {total:.1f} s",
     file=sys.stderr,
   )
   return rows

@@ -13,7 +13,10 @@ the sampler compiles once per (sampler, batch size, context shapes); the respons
 fields of the example are not used.
 
 Batching: studies are taken in order, `batch_size` at a time; the last batch is padded
-by repeating its last study and the padded rows are dropped from the result. With a
+by repeating its last study and the padded rows are dropped from the result.
+`iter_rows` yields each batch's rows as soon as it is decoded and can skip studies whose
+example raises a given error (an unreadable image): the batch is then filled from the
+following studies, so the good studies of a batch holding a bad one are still decoded. With a
 `mesh`, the parameters are placed by the logical-axis rules (models/sharding.py) and
 the batch is split over the mesh's batch axes ("data", "fsdp"); `batch_size` should be
 a multiple of their size (otherwise the batch is replicated).
@@ -31,6 +34,8 @@ time; `speed_summary` derives tokens per second and milliseconds per report from
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -58,6 +63,7 @@ __all__ = [
   "SAMPLERS",
   "ReportGenerator",
   "Row",
+  "Skipped",
   "batch_context",
   "make_sampler",
   "row_stats",
@@ -91,6 +97,23 @@ def _context_shardings(
     valid_BP=along_batch(2),
     vision=jax.tree.map(lambda x: along_batch(np.ndim(x)), context.vision),
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+  """A study left out of generation: `reason` is the error's short key (BadImageError.reason)."""
+
+  study: Any
+  reason: str
+  detail: str
+
+
+@dataclasses.dataclass
+class _Prepared:
+  studies: list[Any]  # padded to batch_size (empty when every study was skipped)
+  real: int
+  context: DecodeContext | None
+  skipped: list[Skipped]
 
 
 def _signature(context: Any) -> tuple:
@@ -137,29 +160,50 @@ class ReportGenerator:
   # ---------------------------------------------------------------- batches
   def batches(self, studies: Sequence[Any]) -> Iterator[tuple[list[Any], int, DecodeContext]]:
     """(batch studies padded to batch_size, number of real ones, context on the devices)."""
-    chunks = [
-      list(studies[i : i + self.batch_size]) for i in range(0, len(studies), self.batch_size)
-    ]
-    if not chunks:
-      return
-    prepare = self._prepare
-    if not self.prefetch or len(chunks) == 1:
-      for chunk in chunks:
-        yield prepare(chunk)
+    for batch in self._prepared(studies, skip=()):
+      if batch.real:
+        yield batch.studies, batch.real, batch.context
+
+  def _prepared(self, studies: Sequence[Any], skip: tuple[type, ...]) -> Iterator[_Prepared]:
+    """Prepared batches in study order; the next one is built while the caller decodes."""
+    pending = iter(studies)
+    prepare = functools.partial(self._prepare_next, pending, skip)
+    if not self.prefetch or len(studies) <= self.batch_size:
+      while (batch := prepare()) is not None:
+        yield batch
       return
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-      future = pool.submit(prepare, chunks[0])
-      for nxt in [*chunks[1:], None]:
-        ready = future.result()
-        if nxt is not None:
-          future = pool.submit(prepare, nxt)
-        yield ready
+      future = pool.submit(prepare)
+      while (batch := future.result()) is not None:
+        future = pool.submit(prepare)
+        yield batch
+
+  def _prepare_next(self, pending: Iterator[Any], skip: tuple[type, ...]) -> _Prepared | None:
+    """The next batch_size usable studies of `pending`, or None when it is exhausted.
+
+    A study whose example raises one of `skip` is set aside with its error and the batch
+    is filled from the following studies, so one bad study never costs its neighbours.
+    """
+    good: list[tuple[Any, Mapping[str, Any]]] = []
+    skipped: list[Skipped] = []
+    for study in pending:
+      try:
+        good.append((study, self.example_fn(study)))
+      except skip as e:
+        skipped.append(Skipped(study, getattr(e, "reason", type(e).__name__), str(e)))
+        continue
+      if len(good) == self.batch_size:
+        break
+    if not good:
+      return _Prepared([], 0, None, skipped) if skipped else None
+    real = len(good)
+    good += [good[-1]] * (self.batch_size - real)  # pad by repeating the last study
+    context = batch_context(stack_examples([example for _, example in good]))
+    return _Prepared([study for study, _ in good], real, self.place(context), skipped)
 
   def _prepare(self, chunk: list[Any]) -> tuple[list[Any], int, DecodeContext]:
-    real = len(chunk)
-    padded = chunk + [chunk[-1]] * (self.batch_size - real)
-    context = batch_context(stack_examples([self.example_fn(s) for s in padded]))
-    return padded, real, self.place(context)
+    batch = self._prepare_next(iter(chunk), ())
+    return batch.studies, batch.real, batch.context
 
   def place(self, context: DecodeContext) -> DecodeContext:
     """Move a host context to the devices (split over the mesh's batch axes if any)."""
@@ -195,7 +239,29 @@ class ReportGenerator:
     """One row per study, in order (see `Row` fields in `rows_of`).
 
     `progress`: a tqdm bar over studies (a string is its description). `key`: the PRNG
-    key of a sampling (non-greedy) sampler; batch i uses fold_in(key, i).
+    key of a sampling (non-greedy) sampler; batch i uses fold_in(key, i). A study that
+    cannot be prepared raises; `iter_rows` can skip such studies instead.
+    """
+    rows: list[Row] = []
+    for batch_rows, _ in self.iter_rows(studies, sampler, progress=progress, key=key):
+      rows += batch_rows
+    return rows
+
+  def iter_rows(
+    self,
+    studies: Sequence[Any],
+    sampler: Any,
+    *,
+    progress: bool | str = False,
+    key: jax.Array | None = None,
+    skip: tuple[type[BaseException], ...] = (),
+  ) -> Iterator[tuple[list[Row], list[Skipped]]]:
+    """(rows, skipped) batch by batch, as soon as each batch is decoded.
+
+    rows: the batch's studies in order (as `generate`). skipped: the studies met while
+    filling this batch whose example raised one of `skip` (e.g. the images' BadImageError);
+    they are left out and the batch is filled from the next studies. Errors not in `skip`
+    propagate. A batch of only skipped studies yields ([], skipped) without decoding.
     """
     bar = None
     if progress:
@@ -203,18 +269,21 @@ class ReportGenerator:
 
       desc = progress if isinstance(progress, str) else type(sampler).__name__
       bar = tqdm(total=len(studies), desc=desc, unit="report")
-    rows: list[Row] = []
+    index = 0
     try:
-      for index, (batch, real, context) in enumerate(self.batches(studies)):
-        k = None if key is None else jax.random.fold_in(key, index)
-        out, seconds = self.decode(sampler, context, k)
-        rows += self.rows_of(batch[:real], out, seconds)
+      for batch in self._prepared(studies, skip=tuple(skip)):
+        rows: list[Row] = []
+        if batch.real:
+          k = None if key is None else jax.random.fold_in(key, index)
+          out, seconds = self.decode(sampler, batch.context, k)
+          rows = self.rows_of(batch.studies[: batch.real], out, seconds)
+          index += 1
         if bar is not None:
-          bar.update(real)
+          bar.update(batch.real + len(batch.skipped))
+        yield rows, batch.skipped
     finally:
       if bar is not None:
         bar.close()
-    return rows
 
   def rows_of(self, studies: Sequence[Any], out: SampleOutput, seconds: float) -> list[Row]:
     """Rows of the first len(studies) examples of a decoded batch.

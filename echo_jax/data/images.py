@@ -5,6 +5,8 @@ expects, or raises `BadImageError(reason, detail)`:
 - the pixel count is checked from the header BEFORE any pixel is decoded, so a
   decompression bomb (a tiny file declaring a huge image) costs nothing ("decompression_bomb");
 - empty, truncated, unidentifiable and undecodable files are refused with their reason;
+- the EXIF Orientation tag of JPEG/PNG/TIFF/WebP files is applied (PIL.ImageOps.exif_transpose),
+  so a rotated photo of a film reaches the model upright;
 - 8-bit modes (L, P palette, LA, RGBA, CMYK, YCbCr, 1) go through PIL's own conversion to
   RGB (alpha is dropped, as `Image.convert("RGB")` does in the reference pipelines);
 - 16-bit and 32-bit grayscale (I;16, I, F) are min-max scaled to 0..255; a plain
@@ -13,6 +15,11 @@ expects, or raises `BadImageError(reason, detail)`:
   sequence or the first window (center/width, LINEAR / LINEAR_EXACT / SIGMOID), else the
   image's min-max; MONOCHROME1 is inverted so bone is bright; RGB/YBR files are scaled to
   8 bits. A compressed file without its decoder plugin is a "dicom_undecodable" skip.
+
+Warnings. `load_study_images` warns (`ImageSizeWarning`, naming the file) about an image
+that loads but is far from what the model was trained on: more than 4x below min_pixels
+before resizing (the upscale invents most of it) or flat (one value everywhere: a blank
+or failed export). The report of such an image is still produced.
 
 Preprocessing. `preprocess(image, config)` matches transformers' Qwen2-VL image processor
 (Qwen2VLImageProcessorPil) exactly: `smart_resize` to multiples of patch*merge (28) within
@@ -31,7 +38,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from echo_jax.models.config import VisionConfig
 
@@ -39,6 +46,18 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# Formats whose EXIF Orientation tag is applied (MPO is a multi-picture JPEG).
+_EXIF_FORMATS = ("JPEG", "MPO", "PNG", "TIFF", "WEBP")
+# An image more than this factor below min_pixels is mostly invented by the upscaling.
+FAR_BELOW_MIN_PIXELS = 4
+
+
+class ImageSizeWarning(UserWarning):
+  """A usable image far from what the model saw in training (tiny, flat); `path` names it."""
+
+  def __init__(self, message: str, path: str = ""):
+    super().__init__(message)
+    self.path = path
 
 
 class BadImageError(ValueError):
@@ -138,6 +157,10 @@ def _load_pil(path: str, limit: int) -> Image.Image:
       with Image.open(path) as image:
         _check_size(path, *image.size, 1, limit)  # only the first frame is ever decoded
         image.load()
+        if image.format in _EXIF_FORMATS:
+          # A camera or phone photo of a film stores its rotation in EXIF; the pixels
+          # alone would reach the model sideways.
+          image = ImageOps.exif_transpose(image)
         return to_rgb(image).copy()
   except BadImageError:
     raise
@@ -226,7 +249,8 @@ def _load_dicom(path: str, limit: int) -> Image.Image:
 
 
 def load_image(path: str, *, max_image_pixels: int = ImageConfig.max_image_pixels) -> Image.Image:
-  """Load PNG/JPEG/DICOM as 8-bit RGB; raises BadImageError with a reason (module docstring)."""
+  """Load PNG/JPEG/DICOM as 8-bit RGB, EXIF orientation applied; raises BadImageError with a
+  reason (module docstring)."""
   try:
     size = os.stat(path).st_size
   except OSError as e:
@@ -303,6 +327,32 @@ def preprocess(
   return patchify(frames, config)
 
 
+def warn_unusual_image(image: Image.Image, config: ImageConfig, path: str = "") -> None:
+  """ImageSizeWarning for a tiny or flat image (module docstring); silent otherwise."""
+  width, height = image.size
+  name = path or "image"
+  if width * height * FAR_BELOW_MIN_PIXELS < config.min_pixels:
+    warnings.warn(
+      ImageSizeWarning(
+        f"{name}: {width}x{height} is {width * height} pixels, more than "
+        f"{FAR_BELOW_MIN_PIXELS}x below min_pixels={config.min_pixels}; it is upscaled and the "
+        "report will say little about it",
+        path,
+      ),
+      stacklevel=2,
+    )
+  extrema = image.getextrema()
+  bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
+  if all(lo == hi for lo, hi in bands):
+    warnings.warn(
+      ImageSizeWarning(
+        f"{name}: the image is flat (every pixel {bands[0][0]}); a blank or failed export?",
+        path,
+      ),
+      stacklevel=2,
+    )
+
+
 def num_image_tokens(grid_thw: np.ndarray, merge_size: int = 2) -> int:
   """Number of <|image_pad|> tokens (merged vision tokens) one image contributes."""
   t, h, w = (int(v) for v in np.asarray(grid_thw).reshape(3))
@@ -321,7 +371,9 @@ def load_study_images(
     raise BadImageError("no_image", "the study has no images")
   patches, grids = [], []
   for path in paths:
-    p, g = preprocess(load_image(path, max_image_pixels=config.max_image_pixels), config)
+    image = load_image(path, max_image_pixels=config.max_image_pixels)
+    warn_unusual_image(image, config, path)
+    p, g = preprocess(image, config)
     patches.append(p)
     grids.append(g)
   return np.concatenate(patches, axis=0), np.stack(grids)
