@@ -55,7 +55,6 @@ import argparse
 import collections
 import contextlib
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -63,7 +62,13 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from echo_jax import batch_output, profiles, runs
+import ml_collections
+from tqdm.auto import tqdm
+
+from echo_jax import batch_output, inference, profiles, runs
+from echo_jax.data import images
+from echo_jax.sampling import RepetitionGuard
+from echo_jax.train import mesh as mesh_lib
 from echo_jax.user_errors import UserError, run_cli
 
 SAMPLERS = ("one_step", "multi_step", "ar")
@@ -142,24 +147,6 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-# ------------------------------------------------------------------ model and tokenizer
-# One answer each, shared with the other commands that load a run (echo_jax.runs).
-is_hf_dir = runs.is_hf_dir
-workdir_config = runs.workdir_config
-
-
-def find_tokenizer(args: argparse.Namespace, saved: dict[str, Any]) -> str:
-  """The first existing tokenizer location (see the module docstring)."""
-  return runs.find_tokenizer(
-    args.checkpoint, saved, explicit=args.tokenizer, data_path=args.data_path or ""
-  )
-
-
-def load_model(args: argparse.Namespace, tokenizer: Any, saved: dict[str, Any]) -> tuple[Any, Any]:
-  """(EchoVLM, ModelConfig) from the checkpoint; the token ids are the tokenizer's."""
-  return runs.load_model(args.checkpoint, saved, tokenizer, preset=args.preset, dtype=args.dtype)
-
-
 def validate_flags(args: argparse.Namespace) -> None:
   """Every numeric flag in range, the message in the flag's own name."""
   positive = ("block_len", "max_new_tokens", "batch_size")
@@ -200,34 +187,6 @@ def check_block_len(block_len: int, context_len: int, max_new_tokens: int) -> No
 
 
 # ------------------------------------------------------------------ studies and sizes
-def image_bound(max_pixels: int, patch: int = 14, merge: int = 2) -> int:
-  """Most ViT patches of one still image resized to at most max_pixels (multiple of merge**2)."""
-  cells = max_pixels // (patch * patch)
-  return max(merge * merge, cells // (merge * merge) * (merge * merge))
-
-
-def example_sizes(
-  tokenizer: Any,
-  config: Any,
-  max_pixels: int,
-  num_images: int,
-  block_len: int,
-  instruction: str | None = None,
-) -> tuple[int, int]:
-  """(context_len, max_patches) that fit num_images images of at most max_pixels."""
-  from echo_jax.data import tokenizer as tokenizer_lib
-
-  v = config.vision
-  per_image = image_bound(max_pixels, v.patch_size, v.spatial_merge_size)
-  tokens = per_image // v.spatial_merge_size**2
-  prompt = len(
-    tokenizer_lib.encode_prompt(
-      tokenizer, [tokens] * num_images, instruction or tokenizer_lib.ECHO_INSTRUCTION
-    )
-  )
-  return math.ceil(prompt / block_len) * block_len, per_image * num_images
-
-
 def read_studies(args: argparse.Namespace) -> list[Any]:
   from echo_jax.data.study import Study
 
@@ -260,10 +219,6 @@ def read_studies(args: argparse.Namespace) -> list[Any]:
 def _mesh(spec: str) -> Any:
   if not spec:
     return None
-  import ml_collections
-
-  from echo_jax.train import mesh as mesh_lib
-
   sizes = [int(x) for x in spec.split(",")]
   if len(sizes) != 3:
     raise SystemExit(f"--mesh {spec!r}: give data,fsdp,tensor, e.g. 1,1,4")
@@ -273,18 +228,14 @@ def _mesh(spec: str) -> Any:
 # ------------------------------------------------------------------ warnings
 @contextlib.contextmanager
 def image_warnings_as_lines() -> Any:
-  """Print each ImageSizeWarning as one `warning: ...` line, once per image file."""
-  from tqdm.auto import tqdm
-
-  from echo_jax.data.images import ImageSizeWarning
-
+  """Print each images.ImageSizeWarning as one `warning: ...` line, once per image file."""
   seen: set[str] = set()
   with warnings.catch_warnings():
-    warnings.simplefilter("always", ImageSizeWarning)
+    warnings.simplefilter("always", images.ImageSizeWarning)
     show = warnings.showwarning
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
-      if not issubclass(category, ImageSizeWarning):
+      if not issubclass(category, images.ImageSizeWarning):
         return show(message, category, filename, lineno, file, line)
       key = getattr(message, "path", "") or str(message)
       if key not in seen:
@@ -320,8 +271,6 @@ def write_dataset(
   sampler_name: str,
 ) -> list[dict[str, Any]]:
   """Decode `studies` into --out line by line (batch_output), skipping unusable studies."""
-  from echo_jax import inference
-  from echo_jax.data.images import BadImageError
 
   out, skipped_out = args.out, batch_output.skipped_path(args.out)
   fresh = not args.resume
@@ -345,7 +294,7 @@ def write_dataset(
   ):
     queue = iter(todo)
     for batch_rows, batch_skipped in generator.iter_rows(
-      todo, sampler, progress=sampler_name, skip=(BadImageError,)
+      todo, sampler, progress=sampler_name, skip=(images.BadImageError,)
     ):
       # The batch consumed the next studies in order: its rows' and its skipped ones.
       taken = [next(queue) for _ in range(len(batch_rows) + len(batch_skipped))]
@@ -396,7 +345,6 @@ def _print_summary(
   start: float,
 ) -> None:
   """The run's last line: N written, M skipped by reason, this run's speed."""
-  from echo_jax import inference
 
   wall = time.perf_counter() - start
   speed = ""
@@ -426,16 +374,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   if not os.path.isdir(args.checkpoint):
     raise SystemExit(f"--checkpoint {args.checkpoint}: no such directory")
 
-  from echo_jax import inference
-  from echo_jax.data import images
-  from echo_jax.data import tokenizer as tokenizer_lib
-  from echo_jax.data.examples import StudyExamples
-  from echo_jax.sampling import RepetitionGuard
-
-  saved = {} if is_hf_dir(args.checkpoint) else workdir_config(args.checkpoint)
-  profile = profiles.profile_for(
-    args.checkpoint, saved, profile=args.profile, lang=args.lang
-  ).with_overrides(
+  run = runs.load_run(
+    args.checkpoint,
+    tokenizer=args.tokenizer,
+    data_path=args.data_path or "",
+    preset=args.preset,
+    dtype=args.dtype,
+    profile=args.profile,
+    lang=args.lang,
     sampler=args.sampler,
     block_len=args.block_len,
     steps=args.steps or None,
@@ -444,43 +390,27 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     min_pixels=args.min_pixels or None,
     max_pixels=args.max_pixels or None,
   )
-  if not is_hf_dir(args.checkpoint):
-    runs.check_sampler(saved.get("stage"), profile.sampler, force=args.force)
+  profile = run.profile
+  run.check_sampler(force=args.force)
   block = 1 if profile.sampler == "ar" else profile.block_len
   if block > 1:
     check_block_len(block, args.context_len, profile.max_new_tokens)
-  tokenizer = tokenizer_lib.load_tokenizer(find_tokenizer(args, saved))
-  model, config = load_model(args, tokenizer, saved)
-  tokenizer.check_ids(config.tokens)
   studies = read_studies(args)
 
-  min_pixels, max_pixels = profile.min_pixels, profile.max_pixels
-  warn_far_from_training(saved, min_pixels, max_pixels)
+  warn_far_from_training(run.saved, profile.min_pixels, profile.max_pixels)
   # Sizes from all the studies (not only those left to resume): the same shapes, the same
   # compiled sampler and the same reports as one uninterrupted run.
-  num_images = max(len(s.image_paths) for s in studies)
-  context_len, max_patches = example_sizes(
-    tokenizer, config, max_pixels, num_images, block, profile.instruction
+  example_fn = run.examples(
+    num_images=max(len(s.image_paths) for s in studies),
+    context_len=args.context_len,
+    max_patches=args.max_patches,
   )
-  example_fn = StudyExamples(
-    tokenizer=tokenizer,
-    model_config=config,
-    image_config=images.ImageConfig.from_vision_config(
-      config.vision, min_pixels=min_pixels, max_pixels=max_pixels
-    ),
-    context_len=args.context_len or context_len,
-    response_len=block,  # unused by generation
-    max_patches=args.max_patches or max_patches,
-    instruction=profile.instruction,
-  )
-  sampler = profiles.make_sampler(
-    profile,
-    config.tokens,
-    repetition=RepetitionGuard(ngram=args.loop_guard) if args.loop_guard else None,
+  sampler = run.sampler(
+    repetition=RepetitionGuard(ngram=args.loop_guard) if args.loop_guard else None
   )
   batch_size = 1 if args.images else args.batch_size
-  generator = inference.ReportGenerator(
-    model, tokenizer, example_fn, batch_size=batch_size, mesh=_mesh(args.mesh)
+  generator = inference.ReportGenerator.from_run(
+    run, batch_size, examples=example_fn, mesh=_mesh(args.mesh)
   )
   with image_warnings_as_lines():
     if args.dataset:

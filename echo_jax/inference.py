@@ -45,6 +45,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from echo_jax import runs
 from echo_jax.data import tokenizer as tokenizer_lib
 from echo_jax.data.pipeline import stack_examples
 from echo_jax.models import sharding as sharding_lib
@@ -156,6 +157,21 @@ class ReportGenerator:
     self.rules = tuple(rules)
     self.prefetch = prefetch
     self._warm: set[tuple] = set()
+
+  @classmethod
+  def from_run(
+    cls,
+    run: runs.Run,
+    batch_size: int,
+    *,
+    examples: Callable[[Any], Mapping[str, Any]] | None = None,
+    mesh: Mesh | None = None,
+    **options: Any,
+  ) -> ReportGenerator:
+    """The generator of a loaded run (`echo_jax.runs.load_run`): its model, tokenizer
+    and example builder (`examples` replaces the builder, e.g. sized for more images).
+    Decode with `run.sampler()`, the sampler the run was trained for."""
+    return cls(run.model, run.tokenizer, examples or run.examples(), batch_size, mesh, **options)
 
   # ---------------------------------------------------------------- batches
   def batches(self, studies: Sequence[Any]) -> Iterator[tuple[list[Any], int, DecodeContext]]:

@@ -193,9 +193,7 @@ def generate_rows(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
       threshold=config.eval.threshold,
       repetition=RepetitionGuard(**LOOP_GUARD),
     )
-    generator = inference.ReportGenerator(
-      run.model, run.tokenizer, run.examples(), batch_size=config.eval.batch_size
-    )
+    generator = inference.ReportGenerator.from_run(run, config.eval.batch_size)
     inputs = deranged if swapped else studies
     log.info("[eval %d/%d] %s on %d studies", index, len(rows), row, len(inputs))
     generated = generator.generate(inputs, sampler, progress=False)

@@ -17,7 +17,7 @@ import tiny_vlm
 from etils import epath
 from flax import nnx
 
-from echo_jax import generate
+from echo_jax import generate, runs
 from echo_jax.inference import ReportGenerator, make_sampler
 from echo_jax.models.hf_import import save_pretrained
 from echo_jax.user_errors import UserError
@@ -102,19 +102,18 @@ def test_workdir_config_and_errors(setup, workdir, tmp_path):
   args = generate._parser().parse_args(
     ["--checkpoint", os.path.join(workdir, "checkpoints", "5"), "--images", "x.png"]
   )
-  saved = generate.workdir_config(args.checkpoint)
+  saved = runs.workdir_config(args.checkpoint)
   assert saved["model"]["preset"] == "tiny"
-  assert generate.find_tokenizer(args, saved) == os.path.join(setup.data_dir, "tokenizer")
+  tokenizer = runs.find_tokenizer(args.checkpoint, saved)
+  assert tokenizer == os.path.join(setup.data_dir, "tokenizer")
   with pytest.raises(UserError, match="tokenizer"):
-    generate.find_tokenizer(
-      generate._parser().parse_args(["--checkpoint", str(tmp_path), "--images", "a"]), {}
-    )
+    runs.find_tokenizer(str(tmp_path), {})
   with pytest.raises(SystemExit, match="--out"):
     generate.main(["--checkpoint", workdir, "--dataset", "r2gen", "--data_path", setup.data_dir])
   with pytest.raises(SystemExit, match="no such image"):
     generate.main(["--checkpoint", workdir, "--images", str(tmp_path / "missing.png")])
   # The patch bound of one image: 112x112 pixels -> 8x8 patches of 14 px.
-  assert generate.image_bound(112 * 112) == 64
+  assert runs.image_bound(112 * 112) == 64
 
 
 def test_module_entry_point():

@@ -126,7 +126,7 @@ def test_load_run_decodes_a_workdir_as_trained(tmp_path):
     runs.load_run(str(work), sampler="one_step").check_sampler()
 
   studies = setup.studies[:2]
-  ours = ReportGenerator(run.model, run.tokenizer, examples, batch_size=2)
+  ours = ReportGenerator.from_run(run, 2)
   reference = ReportGenerator(setup.model, setup.tokenizer, setup.example_fn, batch_size=2)
   want = make_sampler("multi_step", setup.config.tokens, block_len=4, max_new_tokens=8)
   got = [r["prediction"] for r in ours.generate(studies, run.sampler())]
