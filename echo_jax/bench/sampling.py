@@ -77,8 +77,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------ setup
-def build(args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
-  """Model, tokenizer, studies and the StudyExamples transform of the benchmark."""
+def build(args: argparse.Namespace, data_dir: str, config: Any = None) -> dict[str, Any]:
+  """Model, tokenizer, studies and the StudyExamples transform of the benchmark.
+
+  `config`: a ModelConfig to build instead of the preset (its token ids are the small BPE's).
+  """
   import jax
   from flax import nnx
 
@@ -98,7 +101,7 @@ def build(args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
   else:
     tokenizer = tokenizer_lib.train_bpe_tokenizer([s.report for s in studies], 1024, tok_dir)
   # The small BPE's special ids are 0..7 whatever the preset; the vocabulary holds them.
-  config = get_preset(args.preset).replace(tokens=TINY_TOKEN_IDS)
+  config = (config or get_preset(args.preset)).replace(tokens=TINY_TOKEN_IDS)
   if args.checkpoint:
     from echo_jax.train.checkpoint import restore_model_state
 
