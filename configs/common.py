@@ -84,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Bookkeeping.
   c.log_every = 10  # steps between metric writes
   c.tensorboard = True  # TensorBoard event files (False: console only, no TensorFlow import)
+  # 0 = echo_jax/train/mfu.py's table (TPU v4-v6e, A100, H100, H200); a CPU has no
+  # entry there, so mfu is logged on a CPU only when this is set.
+  c.peak_flops = 0.0  # peak FLOP/s of one device, for the logged mfu
   c.eval_every = 100  # steps between evaluation passes (0 = never)
   c.eval_batches = 4  # batches per evaluation pass (0 = the whole eval split)
   c.checkpoint_every = 100  # steps between checkpoints (the last step is always saved)

@@ -98,9 +98,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------ setup
-def build(args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
-  """Model, tokenizer, studies and the StudyExamples transform of the benchmark."""
+def build(args: argparse.Namespace, data_dir: str, config: Any = None) -> dict[str, Any]:
+  """Model, tokenizer, studies and the StudyExamples transform of the benchmark.
 
+  `config`: a ModelConfig to build instead of the preset (its token ids are the small BPE's).
+  """
   num = max(args.num_prompts, *(args.batch_sizes or [args.batch_size]))
   synthetic.write_benchmark(data_dir, num, args.seed, workers=1, gallery=False, progress=False)
   studies = readers.read_dataset("r2gen", data_dir)[:num]
@@ -115,7 +117,7 @@ def build(args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
     else:
       tokenizer = tokenizer_lib.train_bpe_tokenizer([s.report for s in studies], 1024, tok_dir)
     # The small BPE's special ids are 0..7 whatever the preset; the vocabulary holds them.
-    config = get_preset(args.preset).replace(tokens=TINY_TOKEN_IDS)
+    config = (config or get_preset(args.preset)).replace(tokens=TINY_TOKEN_IDS)
     model = EchoVLM(config, rngs=nnx.Rngs(args.seed))
   image_config = images.ImageConfig.from_vision_config(
     config.vision, min_pixels=args.pixels, max_pixels=args.pixels

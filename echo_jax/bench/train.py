@@ -32,8 +32,9 @@ Peak memory: the device's `memory_stats()["peak_bytes_in_use"]` when the backend
 has it (a process-wide high-water mark read after that layout's first step, so it
 never decreases along the rows), else the compiled step's `memory_analysis()`
 temp + argument bytes; each row says which. On a GPU, model FLOPs utilization is
-the predicted training FLOPs per second over a peak from `PEAK_TFLOPS` (bf16 dense)
-or `--peak_tflops`.
+the predicted training FLOPs per second over the device's bf16 dense peak from
+echo_jax/train/mfu.py (`PEAK_BF16_FLOPS`, the table the training logs use) or
+`--peak_tflops`.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from echo_jax.diffusion import bd3, packed, rad
 from echo_jax.models.config import ModelConfig, TextConfig
 from echo_jax.models.presets import TINY_TOKEN_IDS, get_preset, preset_names
 from echo_jax.models.vlm import EchoVLM
+from echo_jax.train import mfu as mfu_lib
 from echo_jax.train import optimizer as optimizer_lib
 from echo_jax.train import state as state_lib
 from echo_jax.train import step as step_lib
@@ -67,7 +69,6 @@ from echo_jax.train import step as step_lib
 LAYOUTS = ("rad", "dup")  # RAD [context | noisy | clean]; full duplication [noisy | clean]
 
 # Dense bf16 tensor-core peaks (TFLOP/s), matched against the device kind.
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,10 +251,11 @@ def machine_info() -> dict[str, Any]:
 
 
 def peak_tflops_for(device_kind: str, override: float | None) -> float | None:
-  """`override`, else the table entry whose name occurs in the device kind, else None."""
+  """`override`, else the device's entry in the training logs' peak table, else None."""
   if override is not None:
     return override
-  return next((v for k, v in PEAK_TFLOPS.items() if k.lower() in device_kind.lower()), None)
+  peak = mfu_lib.peak_flops(device_kind)
+  return None if peak is None else peak / 1e12
 
 
 def run_setting(
@@ -377,7 +379,7 @@ def run_benchmark(
   if steps < 1 or warmup < 0 or batch < 1:
     raise ValueError(f"need steps >= 1, warmup >= 0, batch >= 1; got {steps}, {warmup}, {batch}")
   if dtype is None and jax.default_backend() == "gpu":
-    dtype = "bfloat16"  # the tensor-core peak of PEAK_TFLOPS is a bf16 figure
+    dtype = "bfloat16"  # the tensor-core peak of the table is a bf16 figure
   config = bench_model_config(preset, num_layers=num_layers, vocab_size=vocab_size, dtype=dtype)
   settings = make_settings(ratios, response_len, long, block_len)
   machine = machine_info()

@@ -27,6 +27,7 @@ from echo_jax.data import pipeline
 from echo_jax.train import checkpoint as checkpoint_lib
 from echo_jax.train import mesh as mesh_lib
 from echo_jax.train import metrics as metrics_lib
+from echo_jax.train import mfu as mfu_lib
 from echo_jax.train import optimizer as optimizer_lib
 from echo_jax.train import state as state_lib
 from echo_jax.train import step as step_lib
@@ -102,6 +103,37 @@ def evaluate(
       sums[k] = sums.get(k, 0.0) + (float(v) if k.startswith("num_") else float(v) * weight)
     total += weight
   return {k: v if k.startswith("num_") else v / max(total, 1e-9) for k, v in sums.items()}
+
+
+def step_flops(config, task: Task, train_step, make_single_step, state, batch) -> float:
+  """Global FLOPs of one optimizer step (train/mfu.py): XLA's count, else from shapes.
+
+  XLA counts a loop body once, so with gradient accumulation the step of one
+  microbatch (`make_single_step()`, no accumulation) is costed and multiplied.
+  """
+  accum = config.grad_accum_steps
+  if accum == 1:
+    flops = mfu_lib.lowered_flops(train_step, state, batch)
+  else:
+    micro = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct((x.shape[0] // accum, *x.shape[1:]), x.dtype), batch
+    )
+    flops = mfu_lib.lowered_flops(make_single_step(), state, micro)
+    flops = None if flops is None else flops * accum
+  if flops is not None:
+    log.info("FLOPs per step: %.4g (XLA cost analysis)", flops)
+    return flops
+  text = config_lib.model_config(config).text
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+  flops = mfu_lib.shape_flops(
+    num_params,
+    task.tokens_per_example * config.batch_size,
+    num_layers=text.num_hidden_layers,
+    width=text.num_attention_heads * text.head_dim,
+    seq_len=task.tokens_per_example,
+  )
+  log.info("FLOPs per step: %.4g (from shapes: no XLA cost analysis on this backend)", flops)
+  return flops
 
 
 def _init_state(
@@ -182,7 +214,12 @@ def train(
     total_steps=config.total_steps,
     log_every=config.log_every,
     tokens_per_step=task.tokens_per_example * config.batch_size,
+    # MFU counts the train step only (not a DCD teacher rollout in prepare_batch).
+    peak_flops=mfu_lib.peak_flops(devices[0].device_kind, config.get("peak_flops", 0.0)),
+    num_devices=len(devices),
   )
+  if logger.peak_flops is None:
+    log.info("no peak FLOP/s known for %r: set --config.peak_flops for mfu", devices[0].device_kind)
   guard = checkpoint_lib.PreemptionGuard()
   eval_history: list[tuple[int, dict[str, float]]] = []
   start = int(jax.device_get(state.step))
@@ -205,6 +242,17 @@ def train(
         if prepare is not None:
           batch = prepare(state, batch)
         state, metrics = train_step(state, batch)
+        if step == start and logger.peak_flops is not None:  # once, on the compiled shapes
+          logger.flops_per_step = step_flops(
+            config,
+            task,
+            train_step,
+            lambda: step_lib.make_train_step(
+              graphdef, task.loss_fn, tx, schedule, seed=config.seed
+            ),
+            state,
+            batch,
+          )
         logger.push(step, metrics)
         done = step + 1
         if config.eval_every and done % config.eval_every == 0:

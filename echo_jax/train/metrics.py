@@ -17,6 +17,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from echo_jax.train import mfu as mfu_lib
+
 log = logging.getLogger(__name__)
 
 
@@ -47,6 +49,15 @@ def _scalar_text(key: str, value: float) -> str:
   return f"{key}={value:.6g}"
 
 
+# The speed scalars close the console line in this order, so that mfu sits beside tokens/s.
+_SPEED_KEYS = ("seconds_per_step", "tokens_per_second", "mfu", "eta_hours")
+
+
+def _console_order(scalars: Mapping[str, float]) -> list[str]:
+  rest = sorted(k for k in scalars if k not in _SPEED_KEYS)
+  return rest + [k for k in _SPEED_KEYS if k in scalars]
+
+
 class LogWriter:
   """The CLU MetricWriter methods the loop uses, writing to the Python log only.
 
@@ -54,7 +65,7 @@ class LogWriter:
   """
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    text = ", ".join(_scalar_text(k, v) for k, v in sorted(scalars.items()))
+    text = ", ".join(_scalar_text(k, scalars[k]) for k in _console_order(scalars))
     log.info("[%d] %s", step, text)
 
   def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
@@ -88,6 +99,9 @@ class MetricLogger:
 
   `tokens_per_step` (tokens through the model per optimizer step) gives tokens/s; ETA
   is the remaining steps times the mean step time since the first logged step.
+  `flops_per_step` (global FLOPs of one step, set once the step has been lowered, see
+  train/mfu.py) and `peak_flops` (per device) give `mfu`; it is left out while either
+  is unknown (e.g. on a CPU without `peak_flops` in the config).
   """
 
   CHECKED = ("loss", "grad_norm")
@@ -99,11 +113,17 @@ class MetricLogger:
     total_steps: int,
     log_every: int,
     tokens_per_step: int = 0,
+    flops_per_step: float | None = None,
+    peak_flops: float | None = None,
+    num_devices: int = 1,
   ):
     self.writer = writer
     self.total_steps = total_steps
     self.log_every = log_every
     self.tokens_per_step = tokens_per_step
+    self.flops_per_step = flops_per_step
+    self.peak_flops = peak_flops
+    self.num_devices = num_devices
     self._pending: tuple[int, Any] | None = None
     self._window: list[dict[str, float]] = []
     self._last_time: float | None = None
@@ -142,6 +162,9 @@ class MetricLogger:
       scalars["seconds_per_step"] = seconds
       if self.tokens_per_step:
         scalars["tokens_per_second"] = self.tokens_per_step / seconds
+      mfu = mfu_lib.utilization(self.flops_per_step, seconds, self.peak_flops, self.num_devices)
+      if mfu is not None:
+        scalars["mfu"] = mfu
       scalars["eta_hours"] = (self.total_steps - step - 1) * seconds / 3600.0
     self._last_time, self._last_step = now, step
     self._window = []
