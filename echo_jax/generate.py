@@ -66,7 +66,8 @@ import ml_collections
 from tqdm.auto import tqdm
 
 from echo_jax import batch_output, inference, profiles, runs
-from echo_jax.data import images
+from echo_jax.data import images, readers
+from echo_jax.data.study import Study
 from echo_jax.sampling import RepetitionGuard
 from echo_jax.train import mesh as mesh_lib
 from echo_jax.user_errors import UserError, run_cli
@@ -187,9 +188,7 @@ def check_block_len(block_len: int, context_len: int, max_new_tokens: int) -> No
 
 
 # ------------------------------------------------------------------ studies and sizes
-def read_studies(args: argparse.Namespace) -> list[Any]:
-  from echo_jax.data.study import Study
-
+def read_studies(args: argparse.Namespace) -> list[Study]:
   if args.images:
     missing = [p for p in args.images if not os.path.isfile(p)]
     if missing:
@@ -198,8 +197,6 @@ def read_studies(args: argparse.Namespace) -> list[Any]:
     return [Study("input", paths, ("",) * len(paths), "", "", "test")]
   if not args.data_path:
     raise SystemExit("--dataset needs --data_path")
-  from echo_jax.data import readers
-
   kwargs = {"images_root": args.images_root} if args.images_root else {}
   studies = readers.read_dataset(args.dataset, args.data_path, splits=[args.split], **kwargs)
   if args.num_studies:
