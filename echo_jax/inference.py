@@ -306,7 +306,9 @@ class ReportGenerator:
 
     Row: id, prediction (text), reference (the study's report), tokens (committed response
     tokens, also those after EOS inside its block), length (report tokens before EOS),
-    forwards (decode forwards, prefill excluded), seconds (batch time / real studies),
+    forwards (decode forwards, prefill excluded), batch_forwards (the model calls of its
+    lockstep batch: the batch runs until its longest report ends), seconds (batch time /
+    real studies),
     looped (stopped by the repetition guard), eos (ended by EOS, not the budget).
     """
     n = len(studies)
@@ -323,6 +325,7 @@ class ReportGenerator:
           "tokens": int(stats.tokens_B[b]),
           "length": int(lengths[b]),
           "forwards": int(stats.forwards_B[b]),
+          "batch_forwards": int(stats.batch_forwards),
           "seconds": seconds / n,
           "looped": bool(stats.looped_B[b]),
           "eos": bool(stats.eos_B[b]),
@@ -339,6 +342,7 @@ def row_stats(row: Row) -> dict[str, Any]:
     "tokens_per_second": row["tokens"] / seconds if seconds > 0 else None,
     "tokens": row["tokens"],
     "forwards": row["forwards"],
+    "batch_forwards": row["batch_forwards"],
     "seconds": seconds,
     "looped": row["looped"],
     "eos": row["eos"],
@@ -347,12 +351,16 @@ def row_stats(row: Row) -> dict[str, Any]:
 
 def speed_summary(rows: Sequence[Row]) -> dict[str, float]:
   """tpf = all tokens / all forwards; tokens_per_second = all tokens / timed wall time;
-  ms_per_report = timed wall time / reports (compilation excluded, see the module doc)."""
+  ms_per_report = timed wall time / reports (compilation excluded, see the module doc);
+  lockstep_occupancy = the rows' own forwards / the forwards their batches ran (1.0 when
+  every report of a batch needs as many forwards as its longest; its inverse bounds what
+  refilling finished rows with new studies could gain)."""
   if not rows:
     raise ValueError("no rows: generate at least one report first")
   tokens = sum(int(r["tokens"]) for r in rows)
   forwards = sum(int(r["forwards"]) for r in rows)
   seconds = sum(float(r["seconds"]) for r in rows)
+  lockstep = sum(int(r["batch_forwards"]) for r in rows)
   return {
     "reports": len(rows),
     "tokens": tokens,
@@ -361,6 +369,7 @@ def speed_summary(rows: Sequence[Row]) -> dict[str, float]:
     "tpf": tokens / max(forwards, 1),
     "tokens_per_second": tokens / seconds if seconds > 0 else float("nan"),
     "ms_per_report": 1000.0 * seconds / len(rows),
+    "lockstep_occupancy": forwards / lockstep if lockstep else float("nan"),
     "eos_rate": sum(bool(r["eos"]) for r in rows) / len(rows),
     "loops": sum(bool(r["looped"]) for r in rows),
   }

@@ -66,6 +66,21 @@ def test_one_step_stats(setup, one_step_rows):
   assert summary["ms_per_report"] == pytest.approx(1000 * summary["seconds"] / 12)
 
 
+def test_lockstep_occupancy(setup, one_step_rows):
+  """A row's batch_forwards is its batch's model calls: the most forwards of any row in it."""
+  _, rows5, rows4 = one_step_rows
+  for rows, size in ((rows5, 5), (rows4, 4)):
+    batches = [rows[i : i + size] for i in range(0, len(rows), size)]
+    for batch in batches:
+      assert {r["batch_forwards"] for r in batch} == {max(r["forwards"] for r in batch)}
+    want = sum(r["forwards"] for r in rows) / sum(len(b) * b[0]["batch_forwards"] for b in batches)
+    assert speed_summary(rows)["lockstep_occupancy"] == pytest.approx(want)
+  # One study per batch never waits for another.
+  sampler, _, _ = one_step_rows
+  gen1 = ReportGenerator(setup.model, setup.tokenizer, setup.example_fn, batch_size=1)
+  assert speed_summary(gen1.generate(setup.studies[:3], sampler))["lockstep_occupancy"] == 1.0
+
+
 def test_prediction_is_the_sampler_output(setup, one_step_rows):
   """The rows of the padded last batch equal a direct sampler call on the same studies."""
   sampler, rows, _ = one_step_rows

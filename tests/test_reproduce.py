@@ -76,6 +76,7 @@ def test_main_job_end_to_end(tmp_path):
     assert (row["stage"], row["sampler"], row["block_len"]) == (stage, sampler, block)
     assert row["num_reports"] == 4
     assert row["tokens_per_second"] > 0 and row["ms_per_report"] > 0
+    assert 0.0 < row["lockstep_occupancy"] <= 1.0
     if sampler == "ar":
       assert row["tpf"] == 1.0
     if sampler == "one_step":
