@@ -350,6 +350,7 @@ def _print_summary(
     speed = (
       f"; this run: {summary['reports']} reports, TPF {summary['tpf']:.2f}, "
       f"{summary['tokens_per_second']:.1f} tokens/s, {summary['ms_per_report']:.1f} ms/report, "
+      f"lockstep occupancy {summary['lockstep_occupancy']:.2f}, "
       f"{summary['loops']} loops (compile excluded; wall {wall:.1f} s)"
     )
   print(
