@@ -63,7 +63,7 @@ class StudyExamples:
 
   def __call__(self, study: Any) -> Example:
     ids = self.model_config.tokens
-    patches, grid_thw = images.load_study_images(study.image_paths, self.image_config)
+    patches, grid_thw = images.load_study_images(study.image_paths, self.image_config, study.images)
     if len(patches) > self.max_patches:
       raise ValueError(
         f"study {study.id}: its images have {len(patches)} patches > data.max_patches={self.max_patches}; "
