@@ -18,6 +18,7 @@ generate needs before decoding; it is the only call that touches the whole split
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -57,22 +58,36 @@ def _open(path: str, split: str) -> Sequence[dict[str, Any]]:
 class TfdsStudies(Sequence[Study]):
   """One split of a built echo_cxr dataset as `Study` records (module docstring)."""
 
-  def __init__(self, path: str, split: str, *, indices: Sequence[int] | None = None):
+  def __init__(
+    self, path: str, split: str, *, indices: Sequence[int] | None = None, max_images: int = 0
+  ):
+    """`indices`: the records of this view (None: all); `max_images` > 0 keeps the first N
+    images of each study (the builder stores frontal views first)."""
     self.path = os.fspath(path)
     self.split = split
+    self.max_images = max_images
     self._source = _open(self.path, split)
     n = len(self._source)
     self._indices = None if indices is None else tuple(int(i) for i in indices)
+    if max_images < 0:
+      raise ValueError(f"max_images={max_images} must be >= 0")
     if self._indices and not all(0 <= i < n for i in self._indices):
       raise IndexError(f"indices out of range for the {n} {split} studies of {self.path}")
     self._index: list[tuple[str, int]] | None = None
 
   # pickled as its arguments: the source's open files stay in the process that opened them
   def __getstate__(self) -> dict[str, Any]:
-    return {"path": self.path, "split": self.split, "indices": self._indices}
+    return {
+      "path": self.path,
+      "split": self.split,
+      "indices": self._indices,
+      "max_images": self.max_images,
+    }
 
   def __setstate__(self, state: dict[str, Any]) -> None:
-    self.__init__(state["path"], state["split"], indices=state["indices"])
+    self.__init__(
+      state["path"], state["split"], indices=state["indices"], max_images=state["max_images"]
+    )
 
   def __len__(self) -> int:
     return len(self._source) if self._indices is None else len(self._indices)
@@ -88,7 +103,16 @@ class TfdsStudies(Sequence[Study]):
     if not -n <= i < n:
       raise IndexError(f"study {i} of {n}")
     j = i % n
-    return self.record_study(self._source[j if self._indices is None else self._indices[j]])
+    study = self.record_study(self._source[j if self._indices is None else self._indices[j]])
+    if self.max_images and len(study.images) > self.max_images:
+      n = self.max_images
+      study = dataclasses.replace(
+        study,
+        image_paths=study.image_paths[:n],
+        view_positions=study.view_positions[:n],
+        images=study.images[:n],
+      )
+    return study
 
   def __iter__(self) -> Iterator[Study]:
     for i in range(len(self)):
@@ -100,7 +124,9 @@ class TfdsStudies(Sequence[Study]):
   def select(self, indices: Sequence[int]) -> TfdsStudies:
     """The view of this one's studies at `indices` (positions in this view)."""
     base = range(len(self._source)) if self._indices is None else self._indices
-    return TfdsStudies(self.path, self.split, indices=[base[i] for i in indices])
+    return TfdsStudies(
+      self.path, self.split, indices=[base[i] for i in indices], max_images=self.max_images
+    )
 
   @staticmethod
   def record_study(record: dict[str, Any]) -> Study:
