@@ -14,6 +14,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from absl import flags
 
 from echo_jax import config_lib, generate, reproduce
 from echo_jax.data import datasets, examples, images, pipeline, synthetic
@@ -232,8 +233,11 @@ def test_train_and_generate_from_tfds(with_tokenizer, tmp_path, capsys):
     generate.main([*argv[:-2], "--out", str(tmp_path / "x.jsonl"), "--split", "nope"])
 
 
+@pytest.mark.slow
 def test_pipeline_takes_tfds_studies_with_workers(with_tokenizer):
-  # Grain worker processes get the source by pickling: TfdsStudies reopens it there.
+  # Grain worker processes get the source by pickling: TfdsStudies reopens it there (the
+  # pickle round trip itself is checked fast in test_sequence_of_studies).
+  flags.FLAGS.mark_as_parsed()  # Grain's workers read absl flags; main.py parses them for real
   _, data_dir = with_tokenizer
   studies = TfdsStudies(data_dir, "train")
   ds = pipeline.train_dataset(
