@@ -7,6 +7,10 @@ A dataset split to JSONL (one {"id", "prediction", "reference", "stats", "images
 the input of `python -m echo_jax.evaluate`):
   python -m echo_jax.generate --checkpoint workdir/dcd8 --dataset r2gen \\
       --data_path workdir/synthetic --split test --out preds.jsonl [--resume | --overwrite]
+A TFDS build (python -m echo_jax.data.tfds_builder) is the dataset `tfds`, --data_path its
+DATA_DIR/echo_cxr/CONFIG/1.0.0 (echo_jax/data/tfds_source.py): its studies are read record
+by record; before decoding, each record of the split is read once (its id and image count:
+the padded sizes and --resume need them); a study's "images" are names, tfds:<id>/<k>.png.
 
 Batch runs lose nothing (echo_jax.batch_output): --out is checked before the model is
 loaded (a directory, a parent that cannot be written, or an existing file without

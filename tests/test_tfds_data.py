@@ -51,7 +51,7 @@ def _config(workdir, data_dir, *overrides):
       "total_steps=2",
       "optimizer.warmup_steps=1",
       "log_every=1",
-      "eval_every=0",
+      "eval_every=2",
       "checkpoint_every=2",
       "sample_every=0",
       "tensorboard=False",
@@ -212,6 +212,8 @@ def test_train_and_generate_from_tfds(with_tokenizer, tmp_path, capsys):
   workdir = tmp_path / "rad"
   result = loop.train(_config(workdir, data_dir), devices=jax.devices()[:1])
   assert all(np.isfinite(m["loss"]) for _, m in result.history)
+  (eval_step, eval_metrics), *_ = result.eval_history  # the val split, read from the build
+  assert eval_step == 1 and np.isfinite(eval_metrics["loss"])
   assert reproduce.finished_step(str(workdir)) == 2
 
   out = tmp_path / "preds.jsonl"

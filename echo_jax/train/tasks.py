@@ -2,7 +2,8 @@
 
 This is where the ConfigDict meets the typed pieces: the stage settings are read once
 into a `StageConfig` (train/stage_config.py), the objective comes from the registry
-(train/objectives.py), the studies and the tokenizer from echo_jax.data.datasets, the
+(train/objectives.py), the studies and the tokenizer from echo_jax.data.datasets (a list,
+or for data.name=tfds a lazy TfdsStudies: nothing here reads a whole split of it), the
 initial weights from train/init_weights.py and, for DCD, the frozen teacher's rollout
 from train/dcd_teacher.py.
 """
