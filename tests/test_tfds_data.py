@@ -22,7 +22,7 @@ from echo_jax.data import tfds_builder as tb
 from echo_jax.data.readers import read_dataset
 from echo_jax.data.study import Study
 from echo_jax.data.tfds_source import NotATfdsDatasetError, TfdsStudies, image_name
-from echo_jax.train import loop
+from echo_jax.train import loop, tasks
 from echo_jax.user_errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -253,3 +253,13 @@ def test_pipeline_takes_tfds_studies_with_workers(with_tokenizer):
 class _IdLength:
   def __call__(self, study):
     return {"n": np.int32(len(study.id) + len(study.images))}
+
+
+def test_response_len_is_sized_on_a_sample_of_a_lazy_source():
+  # tuples stand for a lazy source (a TfdsStudies): not lists
+  train, val = tuple(range(4000)), tuple(range(4000, 5000))
+  checked = tasks.studies_to_check(train, val)
+  assert len(checked) == tasks.MAX_CHECKED_STUDIES
+  assert checked[0] == 0 and checked[-1] >= 4000 and checked == sorted(set(checked))
+  assert tasks.studies_to_check([1, 2], [3]) == [1, 2, 3]  # in memory: every study
+  assert tasks.studies_to_check((1, 2), (3,)) == [1, 2, 3]  # small: every study
