@@ -227,10 +227,16 @@ def test_train_and_generate_from_tfds(with_tokenizer, tmp_path, capsys):
   for line, study in zip(lines, test, strict=True):
     assert line["reference"] == study.report
     assert line["images"] == list(study.image_paths)
-  # --resume on a complete file decodes nothing more and keeps it
+  # --resume on a complete file decodes nothing more and keeps it; on a file that lost its
+  # last line it decodes that study only (a view of the split), ending with the same file
   before = out.read_text()
   assert generate.main([*argv, "--resume"]) == []
   assert out.read_text() == before
+  out.write_text("".join(before.splitlines(keepends=True)[:-1]))
+  resumed = generate.main([*argv, "--resume"])
+  assert [r["id"] for r in resumed] == [test[len(test) - 1].id]
+  unstat = lambda text: [{**json.loads(x), "stats": None} for x in text.splitlines()]
+  assert unstat(out.read_text()) == unstat(before)  # all but the timings
   with pytest.raises(UserError, match="has no split 'nope'"):
     generate.main([*argv[:-2], "--out", str(tmp_path / "x.jsonl"), "--split", "nope"])
 
