@@ -11,9 +11,10 @@ once; the object pickles as (path, split, indices) and reopens the source where 
 unpickled (Grain worker processes).
 
 A slice or `select(indices)` is a view of the same split (the sample hook takes
-`studies[:n]`; generate --resume keeps the studies not yet written). `ids_and_image_counts()` reads every
-record of the view once (without decoding images) for the ids and image counts that
-generate needs before decoding; it is the only call that touches the whole split.
+`studies[:n]`; generate --resume keeps the studies not yet written).
+`ids_and_image_counts()` reads every record of the view once (without decoding images)
+for the ids and image counts that generate needs before decoding; it is the only call
+that touches the whole split.
 """
 
 from __future__ import annotations
@@ -105,12 +106,12 @@ class TfdsStudies(Sequence[Study]):
     j = i % n
     study = self.record_study(self._source[j if self._indices is None else self._indices[j]])
     if self.max_images and len(study.images) > self.max_images:
-      n = self.max_images
+      keep = self.max_images
       study = dataclasses.replace(
         study,
-        image_paths=study.image_paths[:n],
-        view_positions=study.view_positions[:n],
-        images=study.images[:n],
+        image_paths=study.image_paths[:keep],
+        view_positions=study.view_positions[:keep],
+        images=study.images[:keep],
       )
     return study
 
