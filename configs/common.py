@@ -49,7 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Data: the dataset, example layout and the input pipeline.
   c.data = ml_collections.ConfigDict()
-  # synthetic | r2gen | mimic-cxr-jpg | chexpert-plus | rexrank | rexgradient
+  # synthetic | r2gen | mimic-cxr-jpg | chexpert-plus | rexrank | rexgradient | tfds
+  # (tfds: a dataset built by echo_jax/data/tfds_builder.py; data.path is its
+  # DATA_DIR/echo_cxr/CONFIG/1.0.0)
   c.data.name = "synthetic"  # the dataset reader
   c.data.path = "workdir/synthetic"  # dataset root (synthetic: written here once)
   c.data.images_root = ""  # root of the dataset's relative image paths ("" = the reader's default)

@@ -28,7 +28,10 @@ INIT_FORMATS = ("auto", "echo", "hf")
 MESH_AXES = ("data", "fsdp", "tensor")
 # The repository root: holds the `configs` package the config files import themselves from.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATASETS = ("synthetic", "r2gen", "mimic-cxr-jpg", "chexpert-plus", "rexrank", "rexgradient")
+# "tfds": a dataset built by echo_jax/data/tfds_builder.py, data.path its DATA_DIR/echo_cxr/CONFIG/1.0.0.
+DATASETS = (
+  "synthetic", "r2gen", "mimic-cxr-jpg", "chexpert-plus", "rexrank", "rexgradient", "tfds",
+)  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -266,6 +269,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     p.append(f"data.name={c.data.name!r} is unknown; known: {', '.join(DATASETS)}")
   if not c.data.path:
     p.append(f"data.path is empty: set it to the {c.data.name} dataset root")
+  if c.stage == "vision" and c.data.name == "tfds":
+    # Its targets are the synthetic finding sets or a reader's CheXpert labels; an echo_cxr
+    # build stores neither.
+    p.append(
+      "data.name='tfds' cannot train the vision stage: an echo_cxr build stores no labels; "
+      "pretrain the tower on data.name=synthetic and pass init.vision_path to the report stage"
+    )
   if c.data.max_pixels < c.data.min_pixels:
     p.append(f"data.max_pixels={c.data.max_pixels} must be >= data.min_pixels={c.data.min_pixels}")
   if c.data.max_patches % 4:

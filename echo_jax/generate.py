@@ -7,6 +7,10 @@ A dataset split to JSONL (one {"id", "prediction", "reference", "stats", "images
 the input of `python -m echo_jax.evaluate`):
   python -m echo_jax.generate --checkpoint workdir/dcd8 --dataset r2gen \\
       --data_path workdir/synthetic --split test --out preds.jsonl [--resume | --overwrite]
+A TFDS build (python -m echo_jax.data.tfds_builder) is the dataset `tfds`, --data_path its
+DATA_DIR/echo_cxr/CONFIG/1.0.0 (echo_jax/data/tfds_source.py): its studies are read record
+by record; before decoding, each record of the split is read once (its id and image count:
+the padded sizes and --resume need them); a study's "images" are names, tfds:<id>/<k>.png.
 
 Batch runs lose nothing (echo_jax.batch_output): --out is checked before the model is
 loaded (a directory, a parent that cannot be written, or an existing file without
@@ -66,8 +70,9 @@ import ml_collections
 from tqdm.auto import tqdm
 
 from echo_jax import batch_output, inference, profiles, runs
-from echo_jax.data import images, readers
+from echo_jax.data import datasets, images, readers
 from echo_jax.data.study import Study
+from echo_jax.data.tfds_source import NotATfdsDatasetError, TfdsStudies
 from echo_jax.sampling import RepetitionGuard
 from echo_jax.train import mesh as mesh_lib
 from echo_jax.user_errors import UserError, run_cli
@@ -91,9 +96,13 @@ def _parser() -> argparse.ArgumentParser:
   src = p.add_mutually_exclusive_group(required=True)
   src.add_argument("--images", nargs="+", help="the images of one study (PNG, JPEG, DICOM)")
   src.add_argument(
-    "--dataset", help="a reader of echo_jax.data.readers (r2gen, mimic-cxr-jpg, ...)"
+    "--dataset",
+    help="a reader of echo_jax.data.readers (r2gen, mimic-cxr-jpg, ...), or tfds: a dataset "
+    "built by echo_jax.data.tfds_builder",
   )
-  p.add_argument("--data_path", help="dataset root (with --dataset)")
+  p.add_argument(
+    "--data_path", help="dataset root (with --dataset; tfds: DATA_DIR/echo_cxr/CONFIG/1.0.0)"
+  )
   p.add_argument("--split", default="test", help="train | val | test (with --dataset)")
   p.add_argument("--images_root", default="", help="root of the dataset's relative image paths")
   p.add_argument("--num_studies", type=int, default=0, help="first N studies only (0 = all)")
@@ -188,7 +197,8 @@ def check_block_len(block_len: int, context_len: int, max_new_tokens: int) -> No
 
 
 # ------------------------------------------------------------------ studies and sizes
-def read_studies(args: argparse.Namespace) -> list[Study]:
+def read_studies(args: argparse.Namespace) -> Sequence[Study]:
+  """The studies to decode: a list, or for --dataset tfds a lazy TfdsStudies."""
   if args.images:
     missing = [p for p in args.images if not os.path.isfile(p)]
     if missing:
@@ -197,6 +207,16 @@ def read_studies(args: argparse.Namespace) -> list[Study]:
     return [Study("input", paths, ("",) * len(paths), "", "", "test")]
   if not args.data_path:
     raise SystemExit("--dataset needs --data_path")
+  if args.dataset == datasets.TFDS:
+    try:
+      studies = TfdsStudies(args.data_path, args.split, max_images=args.max_images)
+    except NotATfdsDatasetError as e:
+      raise UserError(f"--data_path {args.data_path}", why=str(e)) from None
+    if args.num_studies:
+      studies = studies[: args.num_studies]
+    if not studies:
+      raise SystemExit(f"no {args.split} studies in {args.data_path}")
+    return studies
   kwargs = {"images_root": args.images_root} if args.images_root else {}
   studies = readers.read_dataset(args.dataset, args.data_path, splits=[args.split], **kwargs)
   if args.num_studies:
@@ -207,10 +227,53 @@ def read_studies(args: argparse.Namespace) -> list[Study]:
     # The first N images of each study (readers put frontal views first).
     n = args.max_images
     studies = [
-      dataclasses.replace(s, image_paths=s.image_paths[:n], view_positions=s.view_positions[:n])
+      dataclasses.replace(
+        s,
+        image_paths=s.image_paths[:n],
+        view_positions=s.view_positions[:n],
+        images=s.images[:n],
+      )
       for s in studies
     ]
   return studies
+
+
+def ids_and_image_counts(studies: Sequence[Study]) -> list[tuple[str, int]]:
+  """(id, number of images) per study; of a TfdsStudies one read of each record, no decoding."""
+  if isinstance(studies, TfdsStudies):
+    return studies.ids_and_image_counts()
+  return [(str(s.id), len(s.image_paths)) for s in studies]
+
+
+def select(studies: Sequence[Study], keep: Sequence[int]) -> Sequence[Study]:
+  """The studies at `keep`; of a TfdsStudies a view (nothing is read)."""
+  if isinstance(studies, TfdsStudies):
+    return studies.select(keep)
+  return [studies[i] for i in keep]
+
+
+class HandedOut(Sequence):
+  """`studies` remembering, in order, each study its iteration hands out.
+
+  The writer pairs each decoded row (and each skipped study) with the very object the
+  generator read: a TfdsStudies builds a new Study on every read, so reading it twice
+  would give equal but different objects.
+  """
+
+  def __init__(self, studies: Sequence[Study]):
+    self.studies = studies
+    self.handed: collections.deque[Study] = collections.deque()
+
+  def __len__(self) -> int:
+    return len(self.studies)
+
+  def __getitem__(self, i: Any) -> Any:
+    return self.studies[i]
+
+  def __iter__(self) -> Any:
+    for study in self.studies:
+      self.handed.append(study)  # deque appends are thread-safe (the batch prefetch thread)
+      yield study
 
 
 def _mesh(spec: str) -> Any:
@@ -263,9 +326,10 @@ def warn_far_from_training(saved: dict[str, Any], min_pixels: int, max_pixels: i
 def write_dataset(
   args: argparse.Namespace,
   generator: Any,
-  studies: list[Any],
+  studies: Sequence[Study],
   sampler: Any,
   sampler_name: str,
+  counts: list[tuple[str, int]] | None = None,
 ) -> list[dict[str, Any]]:
   """Decode `studies` into --out line by line (batch_output), skipping unusable studies."""
 
@@ -273,7 +337,11 @@ def write_dataset(
   fresh = not args.resume
   done = [] if fresh else batch_output.read_done(out) + batch_output.read_done(skipped_out)
   done_ids = {str(r["id"]) for r in done}
-  todo = [s for s in studies if str(s.id) not in done_ids]
+  todo = studies
+  if done_ids:
+    counts = counts if counts is not None else ids_and_image_counts(studies)
+    todo = select(studies, [i for i, (sid, _) in enumerate(counts) if sid not in done_ids])
+  todo = HandedOut(todo)
   num_done = len(studies) - len(todo)
   if done:
     print(f"resuming {out}: {num_done} of {len(studies)} studies already done", file=sys.stderr)
@@ -289,12 +357,11 @@ def write_dataset(
     batch_output.JsonlWriter(out, fresh=fresh) as lines,
     batch_output.JsonlWriter(skipped_out, fresh=fresh) as bad,
   ):
-    queue = iter(todo)
     for batch_rows, batch_skipped in generator.iter_rows(
       todo, sampler, progress=sampler_name, skip=(images.BadImageError,)
     ):
       # The batch consumed the next studies in order: its rows' and its skipped ones.
-      taken = [next(queue) for _ in range(len(batch_rows) + len(batch_skipped))]
+      taken = [todo.handed.popleft() for _ in range(len(batch_rows) + len(batch_skipped))]
       left_out = {id(s.study) for s in batch_skipped}
       good = [study for study in taken if id(study) not in left_out]
       lines.write(
@@ -394,12 +461,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   if block > 1:
     check_block_len(block, args.context_len, profile.max_new_tokens)
   studies = read_studies(args)
+  counts = ids_and_image_counts(studies)
 
   warn_far_from_training(run.saved, profile.min_pixels, profile.max_pixels)
   # Sizes from all the studies (not only those left to resume): the same shapes, the same
   # compiled sampler and the same reports as one uninterrupted run.
   example_fn = run.examples(
-    num_images=max(len(s.image_paths) for s in studies),
+    num_images=max(n for _, n in counts),
     context_len=args.context_len,
     max_patches=args.max_patches,
   )
@@ -412,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   )
   with image_warnings_as_lines():
     if args.dataset:
-      return write_dataset(args, generator, studies, sampler, profile.sampler)
+      return write_dataset(args, generator, studies, sampler, profile.sampler, counts)
     start = time.perf_counter()
     try:
       rows = generator.generate(studies, sampler)

@@ -1,10 +1,14 @@
 """A training run's studies and tokenizer: the configured dataset's splits, its tokenizer.
 
-- `load_splits(name, path, ...)`: (train, val) Study lists; the synthetic benchmark is
+- `load_splits(name, path, ...)`: (train, val) Study sequences; the synthetic benchmark is
   written first when absent (by process 0, the others wait for it), then read like any
-  R2Gen-layout dataset.
+  R2Gen-layout dataset. Name "tfds": `path` is a dataset built by
+  echo_jax/data/tfds_builder.py (DATA_DIR/echo_cxr/CONFIG/1.0.0) and the splits are
+  `TfdsStudies` (echo_jax/data/tfds_source.py), read record by record, never held whole.
 - `load_tokenizer_for(...)`: the named tokenizer.json; for the synthetic data without one,
-  a byte-level BPE trained once on its training reports and kept beside the data.
+  a byte-level BPE trained once on its training reports and kept beside the data; for
+  "tfds" without one, DATA_PATH/tokenizer when it holds a tokenizer.json (a BPE is never
+  trained by reading a whole TFDS split).
 """
 
 from __future__ import annotations
@@ -18,13 +22,18 @@ from jax.experimental import multihost_utils
 from echo_jax.data import readers, synthetic
 from echo_jax.data import tokenizer as tokenizer_lib
 from echo_jax.data.study import Study
+from echo_jax.data.tfds_source import TfdsStudies
 from echo_jax.models.config import TokenIds
+
+TFDS = "tfds"  # data.name of a dataset built by echo_jax/data/tfds_builder.py
 
 
 def load_splits(
   name: str, path: str, *, num_studies: int, seed: int, images_root: str = ""
-) -> tuple[list[Study], list[Study]]:
-  """(train, val) Study lists of the dataset `name` at `path`."""
+) -> tuple[Sequence[Study], Sequence[Study]]:
+  """(train, val) Study sequences of the dataset `name` at `path` (lists, or TfdsStudies)."""
+  if name == TFDS:
+    return TfdsStudies(path, "train"), TfdsStudies(path, "val")
   if name == "synthetic":
     if jax.process_index() == 0:
       synthetic.write_benchmark(path, num_studies, seed, progress=False)
@@ -40,6 +49,12 @@ def load_splits(
 def synthetic_tokenizer_dir(data_path: str) -> str:
   """Where the synthetic benchmark's own tokenizer lives."""
   return os.path.join(data_path, "tokenizer")
+
+
+def tfds_tokenizer_file(data_path: str) -> str:
+  """Where a TFDS dataset's tokenizer is looked for when data.tokenizer is not set
+  (the same DATA_PATH/tokenizer that generate looks in)."""
+  return os.path.join(data_path, "tokenizer", "tokenizer.json")
 
 
 def _train_synthetic_tokenizer(path: str, train_studies: Sequence[Study], vocab_size: int) -> None:
@@ -76,8 +91,15 @@ def load_tokenizer_for(
     path = synthetic_tokenizer_dir(data_path)
     if not os.path.isfile(os.path.join(path, "tokenizer.json")):
       _train_synthetic_tokenizer(path, train_studies, vocab_size)
+  elif not path and data_name == TFDS and os.path.isfile(tfds_tokenizer_file(data_path)):
+    path = os.path.dirname(tfds_tokenizer_file(data_path))
   elif not path:
     path = fallback_path
+  if not path and data_name == TFDS:
+    raise ValueError(
+      f"no tokenizer for the tfds dataset {data_path}: set --config.data.tokenizer to a "
+      f"tokenizer.json (or its directory), or put one at {tfds_tokenizer_file(data_path)}"
+    )
   if not path:
     raise ValueError(
       "no tokenizer: set --config.data.tokenizer to a tokenizer.json (or its directory)"

@@ -2,7 +2,9 @@
 
 This is the one place that knows both sides: the study's files and report (data/) and
 the model's token ids, rotary positions and vision layout (models/). Everything before
-it works on studies, everything after it on arrays with the keys below.
+it works on studies, everything after it on arrays with the keys below. A study read
+from a TFDS build carries its images as PNG bytes (`Study.images`); they are decoded
+instead of the files, and the example is the same as from the files.
 
 The keys of a report example (`StudyExamples`; P = context_len, R = response_len,
 N = max_patches; a batch adds a leading B to each):
@@ -63,7 +65,7 @@ class StudyExamples:
 
   def __call__(self, study: Any) -> Example:
     ids = self.model_config.tokens
-    patches, grid_thw = images.load_study_images(study.image_paths, self.image_config)
+    patches, grid_thw = images.load_study_images(study.image_paths, self.image_config, study.images)
     if len(patches) > self.max_patches:
       raise ValueError(
         f"study {study.id}: its images have {len(patches)} patches > data.max_patches={self.max_patches}; "

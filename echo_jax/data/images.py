@@ -15,6 +15,8 @@ expects, or raises `BadImageError(reason, detail)`:
   sequence or the first window (center/width, LINEAR / LINEAR_EXACT / SIGMOID), else the
   image's min-max; MONOCHROME1 is inverted so bone is bright; RGB/YBR files are scaled to
   8 bits. A compressed file without its decoder plugin is a "dicom_undecodable" skip.
+`load_image_bytes(data, name)` does the same for a file's bytes held in memory (the images
+of a TFDS dataset, echo_jax/data/tfds_source.py); `name` stands for the path in messages.
 
 Warnings. `load_study_images` warns (`ImageSizeWarning`, naming the file) about an image
 that loads but is far from what the model was trained on: more than 4x below min_pixels
@@ -32,6 +34,7 @@ rows are ordered (t, h-block, w-block, h-in-merge, w-in-merge), columns (C, T, P
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
 import warnings
@@ -150,11 +153,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
   return image.convert("RGB")
 
 
-def _load_pil(path: str, limit: int) -> Image.Image:
+def _load_pil(source: str | io.BytesIO, path: str, limit: int) -> Image.Image:
+  """`source` is the file or its bytes; `path` names it in errors."""
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-      with Image.open(path) as image:
+      with Image.open(source) as image:
         _check_size(path, *image.size, 1, limit)  # only the first frame is ever decoded
         image.load()
         if image.format in _EXIF_FORMATS:
@@ -207,12 +211,12 @@ def _first(value) -> float:
     return float(value)
 
 
-def _load_dicom(path: str, limit: int) -> Image.Image:
+def _load_dicom(source: str | io.BytesIO, path: str, limit: int) -> Image.Image:
   import pydicom  # imported lazily: most datasets are PNG/JPEG
   from pydicom.pixels import apply_modality_lut, apply_voi
 
   try:
-    ds = pydicom.dcmread(path)
+    ds = pydicom.dcmread(source)
     rows, cols = int(ds.Rows), int(ds.Columns)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     photometric = str(ds.PhotometricInterpretation).upper()
@@ -258,8 +262,21 @@ def load_image(path: str, *, max_image_pixels: int = ImageConfig.max_image_pixel
   if size == 0:
     raise BadImageError("zero_byte_image", path)
   if _is_dicom(path):
-    return _load_dicom(path, max_image_pixels)
-  return _load_pil(path, max_image_pixels)
+    return _load_dicom(path, path, max_image_pixels)
+  return _load_pil(path, path, max_image_pixels)
+
+
+def load_image_bytes(
+  data: bytes, name: str, *, max_image_pixels: int = ImageConfig.max_image_pixels
+) -> Image.Image:
+  """`load_image` of a file's encoded bytes (a study read from a TFDS dataset); `name`
+  stands for the path in errors and warnings. Same checks, same conversions."""
+  if not data:
+    raise BadImageError("zero_byte_image", name)
+  source = io.BytesIO(data)
+  if data[128:132] == b"DICM":
+    return _load_dicom(source, name, max_image_pixels)
+  return _load_pil(source, name, max_image_pixels)
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -360,18 +377,27 @@ def num_image_tokens(grid_thw: np.ndarray, merge_size: int = 2) -> int:
 
 
 def load_study_images(
-  paths: Sequence[str], config: ImageConfig = ImageConfig()
+  paths: Sequence[str], config: ImageConfig = ImageConfig(), encoded: Sequence[bytes] = ()
 ) -> tuple[np.ndarray, np.ndarray]:
   """Load and preprocess every image of a study.
+
+  `encoded`, when given, holds the images' file bytes (one per path; the paths then only
+  name them): they are decoded by `load_image_bytes` instead of reading the files, and
+  everything after decoding is the same.
 
   Returns the patches of all images concatenated (sum n_i, C*T*P*P) and grid_thw
   (num_images, 3); raises BadImageError (naming the file) if any image is unusable.
   """
   if not paths:
     raise BadImageError("no_image", "the study has no images")
+  if encoded and len(encoded) != len(paths):
+    raise ValueError(f"{len(encoded)} encoded images for {len(paths)} image names")
   patches, grids = [], []
-  for path in paths:
-    image = load_image(path, max_image_pixels=config.max_image_pixels)
+  for i, path in enumerate(paths):
+    if encoded:
+      image = load_image_bytes(encoded[i], path, max_image_pixels=config.max_image_pixels)
+    else:
+      image = load_image(path, max_image_pixels=config.max_image_pixels)
     warn_unusual_image(image, config, path)
     p, g = preprocess(image, config)
     patches.append(p)

@@ -1,7 +1,8 @@
 """The dataset-independent study record and the skip log every reader reports to.
 
 A `Study` is what every reader in `echo_jax.data.readers` returns: one imaging study with
-its images (absolute paths), the report split into findings and impression, the split and,
+its images (absolute paths; or, read from a TFDS dataset, the images' PNG bytes in
+`images` with names in `image_paths`), the report split into findings and impression, the split and,
 where the dataset has them, labels. Readers never crash on a bad entry and never pass one
 through silently: they call `SkipLog.skip(study_id, reason)` and move on; `SkipLog.check()`
 stops with a clear error when more than a configurable fraction of entries was bad (a
@@ -50,7 +51,8 @@ class Study:
 
   Attributes:
     id: the dataset's study id (unique within a dataset).
-    image_paths: absolute paths of the study's images, frontal views first.
+    image_paths: absolute paths of the study's images, frontal views first; when `images`
+      is set, names of those images (no file: errors and batch output name them so).
     view_positions: one entry per image ("PA", "AP", "LATERAL", "FRONTAL", ...; "" when
       the dataset does not say).
     findings: the findings section, whitespace-normalized ("" when the report has none).
@@ -61,6 +63,9 @@ class Study:
     meta: reader-specific extras (subject id, ...); never fed to the report model. The
       synthetic benchmark's finding set (meta["findings"]) gives the vision pretraining
       stage its targets.
+    images: the images' encoded file bytes (PNG in a TFDS dataset), one per image_paths
+      entry, or () when the images are read from image_paths. Loaders decode these when
+      present (echo_jax.data.images.load_study_images); left out of the repr.
   """
 
   id: str
@@ -71,12 +76,17 @@ class Study:
   split: str
   labels: Mapping[str, float] | None = None
   meta: Mapping[str, Any] | None = None
+  images: tuple[bytes, ...] = dataclasses.field(default=(), repr=False)
 
   def __post_init__(self):
     # Readers build studies from untrusted files: catch a reader bug here, not in training.
     if len(self.image_paths) != len(self.view_positions):
       raise ValueError(
         f"study {self.id!r}: {len(self.image_paths)} image paths but {len(self.view_positions)} view positions"
+      )
+    if self.images and len(self.images) != len(self.image_paths):
+      raise ValueError(
+        f"study {self.id!r}: {len(self.images)} encoded images but {len(self.image_paths)} image names"
       )
     if self.split not in SPLITS:
       raise ValueError(f"study {self.id!r}: split {self.split!r} is not one of {SPLITS}")

@@ -34,12 +34,12 @@ Reading (tests check that TensorFlow stays unimported):
   source = tfds_source("/data/tfds/echo_cxr/mimic_frontal/1.0.0", "train")
   len(source); inputs = record_to_study_inputs(source[0])   # StudyInputs
 
-`source` is a random-access sequence (`__len__`, `__getitem__`), so the Grain pipeline takes it
-where it takes a list of `Study` records (`grain.MapDataset.source(source)`); its transform
-then calls `record_to_study_inputs(record)` instead of loading `study.image_paths`, and
-preprocesses `inputs.images` with `echo_jax.data.images.preprocess`. The source pickles and
-its records are plain dicts of bytes and lists of bytes, so both go to Grain worker
-processes.
+`source` is a random-access sequence (`__len__`, `__getitem__`) that pickles, and its records
+are plain dicts of bytes and lists of bytes, so both go to Grain worker processes.
+Training, evaluation and `generate` read a build through `TfdsStudies`
+(echo_jax/data/tfds_source.py: `--config.data.name=tfds`, `generate --dataset tfds`),
+which turns each record into a `Study` carrying its PNG bytes; `StudyExamples` then decodes
+them with `echo_jax.data.images.load_image_bytes` and preprocesses them as any other study.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ class VisionExamples:
   max_patches: int
 
   def __call__(self, study: Any) -> dict[str, Any]:
-    patches, grid_thw = images.load_study_images(study.image_paths, self.image_config)
+    patches, grid_thw = images.load_study_images(study.image_paths, self.image_config, study.images)
     if len(patches) > self.max_patches:
       raise ValueError(
         f"study {study.id}: its images have {len(patches)} patches > "

@@ -40,6 +40,7 @@ def with_images_of(studies: Sequence[Any], perm: np.ndarray) -> list[Any]:
       s,
       image_paths=studies[int(j)].image_paths,
       view_positions=studies[int(j)].view_positions,
+      images=studies[int(j)].images,
     )
     for s, j in zip(studies, perm, strict=True)
   ]

@@ -2,13 +2,15 @@
 
 This is where the ConfigDict meets the typed pieces: the stage settings are read once
 into a `StageConfig` (train/stage_config.py), the objective comes from the registry
-(train/objectives.py), the studies and the tokenizer from echo_jax.data.datasets, the
+(train/objectives.py), the studies and the tokenizer from echo_jax.data.datasets (a list,
+or for data.name=tfds a lazy TfdsStudies: nothing here reads a whole split of it), the
 initial weights from train/init_weights.py and, for DCD, the frozen teacher's rollout
 from train/dcd_teacher.py.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,9 +32,17 @@ from echo_jax.train.sample_hook import make_sample_hook
 from echo_jax.train.stage_config import StageConfig
 from echo_jax.train.task import Task
 
+log = logging.getLogger(__name__)
 
-def load_studies(config: ml_collections.ConfigDict) -> tuple[list[Study], list[Study]]:
-  """(train, val) Study lists of the configured dataset (writes the synthetic one if needed)."""
+# Reports read to size data.response_len from a lazy source (see studies_to_check).
+MAX_CHECKED_STUDIES = 2000
+
+
+def load_studies(
+  config: ml_collections.ConfigDict,
+) -> tuple[Sequence[Study], Sequence[Study]]:
+  """(train, val) Study sequences of the configured dataset (writes the synthetic one if needed):
+  lists, or for data.name=tfds lazy TfdsStudies."""
   d = config.data
   return datasets.load_splits(
     d.name, d.path, num_studies=d.num_studies, seed=config.seed, images_root=d.images_root
@@ -52,6 +62,25 @@ def load_tokenizer(
     token_ids=model_config.tokens,
     fallback_path=config.init.path if init_weights.starts_from_hf(config) else "",
   )
+
+
+def studies_to_check(train: Sequence[Study], val: Sequence[Study]) -> list[Study]:
+  """The studies whose reports size data.response_len: all of them when they are in memory;
+  of a lazy source (a TFDS split, every record read with its images) an evenly spaced
+  sample of at most MAX_CHECKED_STUDIES, said in the log."""
+  if isinstance(train, list) and isinstance(val, list):
+    return [*train, *val]
+  total = len(train) + len(val)
+  if total <= MAX_CHECKED_STUDIES:
+    return [*train, *val]
+  step = total / MAX_CHECKED_STUDIES
+  positions = [int(i * step) for i in range(MAX_CHECKED_STUDIES)]
+  log.info(
+    "data.response_len is checked on %d evenly spaced studies of the %d in train and val",
+    len(positions),
+    total,
+  )
+  return [train[i] if i < len(train) else val[i - len(train)] for i in positions]
 
 
 def check_response_len(
@@ -121,7 +150,7 @@ def build_task(
 
   train, val = load_studies(config)
   tokenizer = load_tokenizer(config, train, model_config)
-  check_response_len(config, [*train, *val], tokenizer)
+  check_response_len(config, studies_to_check(train, val), tokenizer)
   image_config = images.ImageConfig.from_vision_config(
     model_config.vision, min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels
   )
