@@ -77,6 +77,9 @@ def test_student_equal_to_teacher_has_zero_kl_at_first_step_commits(setup):
   assert kl[steps > 1].max() > 1e-4  # later commits saw tokens the student does not
 
 
+# Slow: the main job's end-to-end test trains both DCD stages through the same loss; the
+# zero-KL test above stays in the fast suite.
+@pytest.mark.slow
 def test_dcd_loss_trains_kept_rollouts_only(setup):
   s = setup[0]
   batch, config = _rollout_batch(setup, top_k=8)

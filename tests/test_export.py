@@ -6,15 +6,19 @@ tied head each position predicts its own input token and 1-D and 3-D image posit
 give the same greedy text. Scaling the attention and MLP outputs and sharpening the
 attention (`_peaky`) makes the prompt, and so the positions, decide the tokens; the
 tests check that they do (the reports differ between studies and 1-D positions change
-the greedy tokens) before trusting the parity.
+the greedy tokens) before trusting the parity. The parity with transformers' `generate`
+is also checked on a model after a short AR training run (`trained`), where reports end
+with their EOS.
 """
 
 import dataclasses
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 import tiny_vlm
@@ -24,9 +28,12 @@ from flax import nnx
 from echo_jax import export, profiles, runs
 from echo_jax.data import images
 from echo_jax.data import tokenizer as tokenizer_lib
+from echo_jax.data.pipeline import stack_examples
 from echo_jax.inference import ReportGenerator, make_sampler
 from echo_jax.models.positions import batch_rope_positions
 from echo_jax.models.vision import prepare_vision_inputs
+from echo_jax.train import objectives
+from echo_jax.train.stage_config import StageConfig
 from echo_jax.user_errors import UserError, run_cli
 
 torch = pytest.importorskip("torch")
@@ -36,6 +43,9 @@ BLOCK_LEN = 4
 NEW_TOKENS = 8
 OUT_SCALE = 50.0  # attention value/output and MLP down projections
 QK_SCALE = 6.0  # query/key projections: sharper attention, so positions matter
+TRAIN_STEPS = 60  # the short training run of the trained-weights parity test
+TRAIN_LR = 3e-3
+TRAINED_NEW_TOKENS = 16
 
 
 def _peaky(model):
@@ -52,10 +62,8 @@ def _peaky(model):
       proj.kernel[...] = proj.kernel[...] * scale
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-  setup = tiny_vlm.make_setup(str(tmp_path_factory.mktemp("data")), seed=5)
-  _peaky(setup.model)
+def _save_and_export(setup, tmp_path_factory):
+  """A tiny `ar` workdir holding setup.model, exported; (workdir, export directory)."""
   work = tmp_path_factory.mktemp("work")
   manager = ocp.CheckpointManager(
     epath.Path(work) / "checkpoints",
@@ -73,7 +81,54 @@ def exported(tmp_path_factory):
   (work / "config.json").write_text(json.dumps(saved))
   out = tmp_path_factory.mktemp("export") / "echo_tiny"
   assert export.main(["--checkpoint", str(work), "--out", str(out)]) == str(out)
-  return setup, str(work), str(out)
+  return str(work), str(out)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  setup = tiny_vlm.make_setup(str(tmp_path_factory.mktemp("data")), seed=5)
+  _peaky(setup.model)
+  work, out = _save_and_export(setup, tmp_path_factory)
+  return setup, work, out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """The tiny model after a short AR training run on the tiny studies, exported.
+
+  Full-batch Adam on the objective the AR stage trains (train/objectives.py): the losses
+  come back so the test can check that the run learned something.
+  """
+  setup = tiny_vlm.make_setup(str(tmp_path_factory.mktemp("trained_data")), seed=3)
+  stage = StageConfig(
+    stage="ar",
+    tokens=setup.config.tokens,
+    block_len=BLOCK_LEN,
+    context_len=tiny_vlm.CONTEXT_LEN,
+    response_len=tiny_vlm.RESPONSE_LEN,
+  )
+  loss_fn = objectives.make_loss_fn(stage)
+  batch = jax.tree.map(jnp.asarray, stack_examples([setup.example_fn(s) for s in setup.studies]))
+  graphdef, params, rest = nnx.split(setup.model, nnx.Param, ...)
+  tx = optax.adam(TRAIN_LR)
+  opt_state = tx.init(params)
+
+  def loss_of(p):
+    return loss_fn(nnx.merge(graphdef, p, rest), batch, jax.random.key(0))[0]
+
+  @jax.jit
+  def step(p, state):
+    loss, grads = jax.value_and_grad(loss_of)(p)
+    updates, state = tx.update(grads, state, p)
+    return optax.apply_updates(p, updates), state, loss
+
+  losses = []
+  for _ in range(TRAIN_STEPS):
+    params, opt_state, loss = step(params, opt_state)
+    losses.append(float(loss))
+  nnx.update(setup.model, params)
+  _, out = _save_and_export(setup, tmp_path_factory)
+  return setup, losses, out
 
 
 def _prompt(setup, study):
@@ -226,6 +281,43 @@ def test_transformers_generate_matches_ar_sampler(exported):
   # These weights are position-sensitive: 1-D image positions change the greedy tokens
   # (so the equality above tests the 3-D positions, not only the weights).
   assert without != ours
+
+
+def _until_eos(tokens, eos):
+  tokens = list(tokens)
+  return tokens[: tokens.index(eos)] if eos in tokens else tokens
+
+
+def test_transformers_generate_matches_ar_sampler_after_training(trained):
+  """Greedy reports of a trained model: transformers' generate of the export equals our AR."""
+  setup, losses, out = trained
+  assert losses[-1] < 0.7 * losses[0], losses[::10]  # the run learned something
+  eos = setup.config.tokens.eos
+  studies = setup.studies[:4]
+  gen = ReportGenerator(setup.model, setup.tokenizer, setup.example_fn, batch_size=len(studies))
+  sampler = make_sampler("ar", setup.config.tokens, max_new_tokens=TRAINED_NEW_TOKENS)
+  _, real, context = next(iter(gen.batches(studies)))
+  decoded, _ = gen.decode(sampler, context)
+  ours = [[int(t) for t in decoded.tokens_BR[b, : int(decoded.lengths_B[b])]] for b in range(real)]
+  assert all(len(t) > 4 for t in ours)
+  hf = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+    out, dtype=torch.float32
+  ).eval()
+  theirs = []
+  for study in studies:
+    ids, patches, grid = _prompt(setup, study)
+    with torch.inference_mode():
+      generated = hf.generate(
+        input_ids=torch.tensor(ids[None]).long(),
+        attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+        pixel_values=torch.tensor(patches),
+        image_grid_thw=torch.tensor(grid),
+        mm_token_type_ids=torch.tensor((ids == setup.config.tokens.image_pad)[None]).long(),
+        max_new_tokens=TRAINED_NEW_TOKENS,
+        do_sample=False,
+      )
+    theirs.append(_until_eos(generated[0, len(ids) :].tolist(), eos))
+  assert theirs == ours
 
 
 def test_export_refuses_a_previous_export(exported, capsys):

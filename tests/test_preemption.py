@@ -160,6 +160,8 @@ def _interrupt_and_resume(tmp_path, compile_cache, reference, plan):
   return events
 
 
+# Slow: an exact resume after a stop is in the fast suite (tests/test_checkpoint.py).
+@pytest.mark.slow
 def test_signals_save_and_exit_and_kill_9_loses_only_unsaved_steps(
   tmp_path, compile_cache, reference
 ):

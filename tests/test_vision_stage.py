@@ -73,6 +73,9 @@ def _state_leaves(state):
   }
 
 
+# Slow: the main job's end-to-end test (tests/test_reproduce.py) trains the vision stage and
+# hands its tower to AR; resuming is tested in tests/test_checkpoint.py.
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_vision_stage_trains_resumes_and_hands_its_tower_to_ar(tmp_path):
   devices = jax.devices()[:1]
