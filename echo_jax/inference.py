@@ -66,6 +66,7 @@ __all__ = [
   "Row",
   "Skipped",
   "batch_context",
+  "lockstep_occupancy",
   "make_sampler",
   "row_stats",
   "sampler_ids",
@@ -349,6 +350,15 @@ def row_stats(row: Row) -> dict[str, Any]:
   }
 
 
+def lockstep_occupancy(rows: Sequence[Mapping[str, Any]]) -> float | None:
+  """The rows' own forwards / the forwards their lockstep batches ran; None without any.
+
+  `rows` are generator rows or their `row_stats` records (both hold forwards and
+  batch_forwards)."""
+  lockstep = sum(int(r.get("batch_forwards", 0)) for r in rows)
+  return sum(int(r["forwards"]) for r in rows) / lockstep if lockstep else None
+
+
 def speed_summary(rows: Sequence[Row]) -> dict[str, float]:
   """tpf = all tokens / all forwards; tokens_per_second = all tokens / timed wall time;
   ms_per_report = timed wall time / reports (compilation excluded, see the module doc);
@@ -360,7 +370,7 @@ def speed_summary(rows: Sequence[Row]) -> dict[str, float]:
   tokens = sum(int(r["tokens"]) for r in rows)
   forwards = sum(int(r["forwards"]) for r in rows)
   seconds = sum(float(r["seconds"]) for r in rows)
-  lockstep = sum(int(r["batch_forwards"]) for r in rows)
+  occupancy = lockstep_occupancy(rows)
   return {
     "reports": len(rows),
     "tokens": tokens,
@@ -369,7 +379,7 @@ def speed_summary(rows: Sequence[Row]) -> dict[str, float]:
     "tpf": tokens / max(forwards, 1),
     "tokens_per_second": tokens / seconds if seconds > 0 else float("nan"),
     "ms_per_report": 1000.0 * seconds / len(rows),
-    "lockstep_occupancy": forwards / lockstep if lockstep else float("nan"),
+    "lockstep_occupancy": float("nan") if occupancy is None else occupancy,
     "eos_rate": sum(bool(r["eos"]) for r in rows) / len(rows),
     "loops": sum(bool(r["looped"]) for r in rows),
   }

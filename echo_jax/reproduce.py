@@ -242,12 +242,6 @@ def _slug(name: str) -> str:
   return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
 
 
-def _occupancy(stats: list[dict[str, Any]]) -> float | None:
-  """The rows' forwards / the forwards their lockstep batches ran (inference.speed_summary)."""
-  lockstep = sum(st.get("batch_forwards", 0) for st in stats)
-  return sum(st["forwards"] for st in stats) / lockstep if lockstep else None
-
-
 def summarize(config, result: dict[str, Any], records: list[dict[str, Any]]) -> list[dict]:
   """One results.json row per evaluated model (decoded rows, then the constant report)."""
   rows = []
@@ -271,7 +265,7 @@ def summarize(config, result: dict[str, Any], records: list[dict[str, Any]]) -> 
         "tpf": speed["tpf"],
         "tokens_per_second": speed["tokens_per_second"],
         "ms_per_report": 1000.0 * seconds / len(stats) if stats else None,
-        "lockstep_occupancy": _occupancy(stats),
+        "lockstep_occupancy": inference.lockstep_occupancy(stats),
         "loops": sum(bool(st["looped"]) for st in stats),
         "no_eos": sum(not st["eos"] for st in stats),
         "metrics": {**model["metrics"], **coherence_of(recs)},

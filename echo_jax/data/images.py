@@ -110,13 +110,17 @@ class ImageConfig:
 # ----------------------------------------------------------------------------- loading
 
 
+def _has_dicom_magic(header: bytes) -> bool:
+  """A DICOM file's 128-byte preamble is followed by "DICM"."""
+  return header[128:132] == b"DICM"
+
+
 def _is_dicom(path: str) -> bool:
   if path.lower().endswith((".dcm", ".dicom")):
     return True
   try:
     with open(path, "rb") as f:
-      f.seek(128)
-      return f.read(4) == b"DICM"
+      return _has_dicom_magic(f.read(132))
   except OSError:
     return False
 
@@ -274,7 +278,7 @@ def load_image_bytes(
   if not data:
     raise BadImageError("zero_byte_image", name)
   source = io.BytesIO(data)
-  if data[128:132] == b"DICM":
+  if _has_dicom_magic(data):
     return _load_dicom(source, name, max_image_pixels)
   return _load_pil(source, name, max_image_pixels)
 
