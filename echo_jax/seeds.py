@@ -6,7 +6,10 @@ r"""The main job's key rows over several seeds: mean and spread, to tell a diffe
 Each seed is a whole main job (`configs/dcd.py`: benchmark, stages, evaluation) in its
 own workdir (`workdir/tiny` for seed 0, so the default main job's run is reused, and
 `workdir/tiny_seed<N>` for the others); the seed changes the benchmark's studies, the
-initialization, the data order and the diffusion noise. Stages not needed by the chosen
+initialization, the data order and the diffusion noise. A workdir whose results.json is
+of the same seed and holds every chosen row is reused as it is (after the main job,
+seed 0 costs nothing); otherwise its earlier results are kept beside the new ones (see
+`keep_earlier_results`) and the chosen rows are evaluated. Stages not needed by the chosen
 rows are not trained. Writes `<--out>/seeds.json` and `seeds.md`: per row and metric the
 mean, the sample standard deviation and the range over the seeds. The bootstrap
 intervals over studies (in each run's eval/metrics.json) measure another noise: that of
@@ -19,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,6 +62,38 @@ def seed_config(seed: int, rows: Sequence[str], workdir: str) -> Any:
   config.eval.constant_report = reproduce.CONSTANT_ROW in wanted
   config.order = tuple(_needed_stages(config))
   return config
+
+
+def finished_rows(workdir: str, seed: int, rows: Sequence[str]) -> list[dict[str, Any]] | None:
+  """The `rows` of `<workdir>/results.json` in the order asked, if that file is of `seed`
+  and holds every one of them (the main job's own run is then reused, not re-decoded)."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    results = json.load(f)
+  by_name = {m["name"]: m for m in results.get("models", [])}
+  if results.get("seed") != seed or any(name not in by_name for name in rows):
+    return None
+  return [by_name[name] for name in rows]
+
+
+def keep_earlier_results(workdir: str) -> None:
+  """Evaluating rewrites `<workdir>`'s results.json, results.md and eval/ with the chosen
+  rows only: keep the earlier ones (e.g. the main job's whole table) beside them, as
+  results.before_seeds.json, results.before_seeds.md and eval.before_seeds/."""
+  for name, kept in (
+    ("results.json", "results.before_seeds.json"),
+    ("results.md", "results.before_seeds.md"),
+    ("eval", "eval.before_seeds"),
+  ):
+    path, kept = os.path.join(workdir, name), os.path.join(workdir, kept)
+    if not os.path.exists(path):
+      continue
+    if os.path.isdir(kept):
+      shutil.rmtree(kept)
+    os.replace(path, kept)
+    log.info("kept the earlier %s as %s", path, kept)
 
 
 def _needed_stages(config: Any) -> list[str]:
@@ -134,9 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   runs = []
   for seed in args.seeds:
     workdir = args.workdir_prefix if seed == 0 else f"{args.workdir_prefix}_seed{seed}"
-    config = seed_config(seed, args.rows, workdir)
-    log.info("seed %d -> %s (stages %s)", seed, workdir, ", ".join(config.order))
-    rows = reproduce.run(config)
+    rows = finished_rows(workdir, seed, args.rows)
+    if rows is not None:
+      log.info("seed %d: every row is in %s/results.json, reusing it", seed, workdir)
+    else:
+      config = seed_config(seed, args.rows, workdir)
+      log.info("seed %d -> %s (stages %s)", seed, workdir, ", ".join(config.order))
+      keep_earlier_results(workdir)
+      rows = reproduce.run(config)
     runs.append({"seed": seed, "models": rows})
   summary = aggregate(runs)
   os.makedirs(args.out, exist_ok=True)

@@ -1,5 +1,7 @@
 """The seed-variance command: which stages a row set needs, and mean/spread over runs."""
 
+import json
+
 import pytest
 
 from echo_jax import reproduce, seeds
@@ -38,3 +40,24 @@ def test_aggregate_mean_std_range():
   assert "0.600 ± 0.100" in table and "seeds 0, 1, 2" in table
   with pytest.raises(ValueError, match="missing"):
     seeds.aggregate([_run(0, 0.5, 1.0), {"seed": 1, "models": []}])
+
+
+def test_a_finished_run_is_reused_and_earlier_results_are_kept(tmp_path):
+  work = tmp_path / "tiny"
+  (work / "eval").mkdir(parents=True)
+  results = {"seed": 0, "models": _run(0, 0.5, 1.0)["models"]}
+  (work / "results.json").write_text(json.dumps(results))
+  (work / "results.md").write_text("the main job's table")
+  (work / "eval" / "metrics.json").write_text("{}")
+  # Every asked row of the same seed is there: reused in the asked order.
+  rows = seeds.finished_rows(str(work), 0, ["constant report", "AR"])
+  assert [r["name"] for r in rows] == ["constant report", "AR"]
+  assert seeds.finished_rows(str(work), 1, ["AR"]) is None  # another seed
+  assert seeds.finished_rows(str(work), 0, ["AR", "DCD one-step B=8"]) is None  # a row missing
+  assert seeds.finished_rows(str(tmp_path / "none"), 0, ["AR"]) is None
+  # Before a partial evaluation the earlier results move aside instead of being overwritten.
+  seeds.keep_earlier_results(str(work))
+  assert not (work / "results.json").exists() and not (work / "eval").exists()
+  assert json.loads((work / "results.before_seeds.json").read_text()) == results
+  assert (work / "results.before_seeds.md").read_text() == "the main job's table"
+  assert (work / "eval.before_seeds" / "metrics.json").is_file()
