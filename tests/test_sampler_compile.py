@@ -116,3 +116,26 @@ def test_ar_sampler_compiles_once(setup, compile_log):
   gen.generate(setup.studies[:5], sampler)  # padded last batch: same shapes
   assert jitted._cache_size() == 1
   assert compile_log.count == 1
+
+
+@pytest.mark.parametrize(
+  "kind,block", [("ar", 1), ("one_step", 8), ("multi_step", 4)], ids=["ar", "one_step", "multi"]
+)
+def test_the_kv_cache_is_updated_in_place(setup, kind, block):
+  """No step copies the whole KV cache: the compiled decoder has no copy of an array of
+  the cache's shape (each would cost a pass over the cache at every forward)."""
+  sampler = make_sampler(kind, setup.config.tokens, block_len=block, max_new_tokens=16)
+  gen = ReportGenerator(setup.model, setup.tokenizer, setup.example_fn, batch_size=2)
+  _, _, context = next(iter(gen.batches(setup.studies[:2])))
+  jitted = ar._decode_jit if kind == "ar" else block_decode._decode_jit
+  hlo = jitted.lower(sampler, gen.decode_model, gen.params, context, None).compile().as_text()
+  text = setup.config.text
+  cache_dims = f"[{text.num_hidden_layers},2,"  # (layers, batch, slots, kv heads, head dim)
+  tail = f",{text.num_key_value_heads},{text.head_dim}]"
+  copies = [
+    line
+    for line in hlo.splitlines()
+    if " copy(" in line and cache_dims in line.split("copy(")[0] and tail in line
+  ]
+  assert not copies, "\n".join(copies)
+  assert cache_dims in hlo and tail in hlo  # the cache's shape is spelled as searched

@@ -119,13 +119,16 @@ class Attention(nnx.Module):
   ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Returns (out_BTD, k_BTGK, v_BTGK); k is rotated, ready for a cache.
 
-    `past` = (k_BSGK, v_BSGK, mask_BTS): cached keys/values attended besides the new ones.
+    `past` = (k_BSGK, v_BSGK, mask_BTS): cached keys/values attended besides the new ones,
+    or a function of this layer's new (k, v) that stores them and returns that triple.
     """
     b, t, _ = x_BTD.shape
     q = self.q_proj(x_BTD).reshape(b, t, self.num_heads, self.head_dim)
     k = self.k_proj(x_BTD).reshape(b, t, self.num_kv_heads, self.head_dim)
     v = self.v_proj(x_BTD).reshape(b, t, self.num_kv_heads, self.head_dim)
     q, k = rope.apply_rope(q, cos_BTK, sin_BTK), rope.apply_rope(k, cos_BTK, sin_BTK)
+    if callable(past):  # store this layer's keys/values in the cache first (Qwen2Decoder.extend)
+      past = past(k, v)
     segments = [(k, v, mask_BTT)] if past is None else [past, (k, v, mask_BTT)]
     out = attend(q, segments).reshape(b, t, self.num_heads * self.head_dim)
     return self.o_proj(out), k, v
@@ -229,35 +232,69 @@ class Qwen2Decoder(nnx.Module):
     return self.embed_tokens(tokens_BT)
 
   def __call__(
-    self,
-    x_BTD: jax.Array,
-    positions_3BT: jax.Array,
-    mask_BTT: jax.Array,
-    cache: KVCache | None = None,
+    self, x_BTD: jax.Array, positions_3BT: jax.Array, mask_BTT: jax.Array
   ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Run embeddings through all layers.
+    """Run embeddings through all layers (training, prefill; `extend` runs against a cache).
 
-    mask_BTT: among the T new tokens. With a cache, each new token also attends every
-    attendable cache slot (`cache.slot_mask_BS()`).
-    Returns (hidden_BTD after the final norm, k_NBTGK, v_NBTGK of the new tokens).
+    mask_BTT: which of the T tokens each token may attend.
+    Returns (hidden_BTD after the final norm, k_NBTGK, v_NBTGK of the tokens).
     """
     c = self.config
     cos, sin = rope.mrope_cos_sin(positions_3BT, c.head_dim, c.rope_theta, c.mrope_section)
     x = x_BTD.astype(self.dtype)
     call = nnx.remat(_run_layer) if self.remat else _run_layer
-    cache_mask_BTS = None
-    if cache is not None:
-      t = x.shape[1]
-      cache_mask_BTS = jnp.broadcast_to(
-        cache.slot_mask_BS()[:, None], (x.shape[0], t, cache.num_slots)
-      )
     ks, vs = [], []
-    for i, layer in enumerate(self.layers):
-      past = None if cache is None else (cache.k[i], cache.v[i], cache_mask_BTS)
-      x, k, v = call(layer, x, cos, sin, mask_BTT, past)
+    for layer in self.layers:
+      x, k, v = call(layer, x, cos, sin, mask_BTT, None)
       ks.append(k)
       vs.append(v)
     return self.norm(x), jnp.stack(ks), jnp.stack(vs)
+
+  def extend(
+    self,
+    x_BTD: jax.Array,
+    positions_3BT: jax.Array,
+    mask_BTT: jax.Array,
+    cache: KVCache,
+    num_append: int,
+  ) -> tuple[jax.Array, KVCache]:
+    """Run T new tokens against the cache and store the first `num_append` of them.
+
+    Returns (hidden_BTD after the final norm, the cache advanced by num_append). Each
+    layer writes its new keys/values into the cache before it attends the cache's old
+    slots (the written ones are masked there and attended as new tokens): the reads of
+    the cache then come after its updates, so XLA updates it in place instead of copying
+    the whole cache at every decoding step.
+    """
+    c = self.config
+    cos, sin = rope.mrope_cos_sin(positions_3BT, c.head_dim, c.rope_theta, c.mrope_section)
+    b, t = x_BTD.shape[:2]
+    mask_BTS = jnp.broadcast_to(cache.slot_mask_BS()[:, None], (b, t, cache.num_slots))
+    k_NBSGK, v_NBSGK = cache.k, cache.v
+    zero = jnp.zeros((), jnp.int32)
+
+    def storing(i: int):
+      def store(k_BTGK, v_BTGK):
+        nonlocal k_NBSGK, v_NBSGK
+        at = (jnp.int32(i), zero, cache.length, zero, zero)
+        new_k = k_BTGK[None, :, :num_append].astype(k_NBSGK.dtype)
+        k_NBSGK = jax.lax.dynamic_update_slice(k_NBSGK, new_k, at)
+        new_v = v_BTGK[None, :, :num_append].astype(v_NBSGK.dtype)
+        v_NBSGK = jax.lax.dynamic_update_slice(v_NBSGK, new_v, at)
+        return k_NBSGK[i], v_NBSGK[i], mask_BTS
+
+      return store
+
+    x = x_BTD.astype(self.dtype)
+    for i, layer in enumerate(self.layers):
+      past = storing(i) if num_append else (cache.k[i], cache.v[i], mask_BTS)
+      x, _, _ = layer(x, cos, sin, mask_BTT, past)
+    if num_append:
+      valid = jax.lax.dynamic_update_slice(
+        cache.valid_BS, jnp.ones((b, num_append), bool), (zero, cache.length)
+      )
+      cache = cache.replace(k=k_NBSGK, v=v_NBSGK, valid_BS=valid, length=cache.length + num_append)
+    return self.norm(x), cache
 
   def logits(self, hidden_BTD: jax.Array) -> jax.Array:
     """Float32 logits over the vocabulary (no shift: logit i scores the token at i)."""

@@ -143,11 +143,8 @@ class EchoVLM(nnx.Module):
       raise ValueError(f"num_append={num_append} exceeds the cache size {cache.num_slots}")
     mask_BTT = jnp.broadcast_to(jnp.asarray(new_tokens_mask_TT(t, block_len)), (b, t, t))
     positions_3BT = rope.text_positions(positions_BT)
-    hidden_BTD, k, v = self.text(self.text.embed(tokens_BT), positions_3BT, mask_BTT, cache)
-    if num_append:
-      cache = write_cache(
-        cache, k[:, :, :num_append], v[:, :, :num_append], jnp.ones((b, num_append), bool)
-      )
+    x_BTD = self.text.embed(tokens_BT)
+    hidden_BTD, cache = self.text.extend(x_BTD, positions_3BT, mask_BTT, cache, num_append)
     return self.text.logits(hidden_BTD), cache
 
 
