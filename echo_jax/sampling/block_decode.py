@@ -235,7 +235,10 @@ def _decode(
       st = fused(st)
     elif first == "append":
       st = append(st)
-    st = jax.lax.while_loop(lambda s: (s.step < cfg.steps) & jnp.any(s.masked_BT), denoise, st)
+    # With one step per block the fused forward was that step (st.step is now 1): the
+    # loop below could not run, and leaving it out spares XLA a loop per block.
+    if cfg.steps > 1 or first != "fused":
+      st = jax.lax.while_loop(lambda s: (s.step < cfg.steps) & jnp.any(s.masked_BT), denoise, st)
     return finish_block(st, active_B)
 
   def finish_block(st: BlockState, active_B: jax.Array) -> BlockState:
