@@ -13,6 +13,7 @@ rule-based CheXpert F1 against the reference reports) and the samplers' own stat
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import logging
 import os
@@ -309,12 +310,14 @@ def evaluate_models(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   rows = summarize(config, result, records)
   probe = vision_probe_auc(config)
   with open(os.path.join(config.workdir, "results.json"), "w") as f:
-    summary = {"preset": config.preset, "seed": config.seed, "models": rows}
+    summary = {"preset": config.preset, "seed": config.seed, "versions": package_versions()}
+    summary["models"] = rows
     json.dump({**summary, "vision_probe": probe}, f, indent=2)
   table = markdown_table(rows)
   with open(os.path.join(config.workdir, "results.md"), "w") as f:
     f.write(
       f"# ECHO on the synthetic benchmark ({config.preset}, seed {config.seed})\n\n"
+      f"Software: {', '.join(f'{k} {v}' for k, v in package_versions().items())}.\n\n"
       f"{len(rows)} models, {rows[0]['num_reports']} test studies each. "
       "Quality: rule-based CheXpert F1 and lexical metrics against the reference reports; "
       "grammar-valid = share of generated sentences that are sentences of the benchmark's "
@@ -326,6 +329,22 @@ def evaluate_models(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   log.info("results:\n%s", table)
   log.info("wrote %s, %s and %s", "results.json", "results.md", paths["html"])
   return rows
+
+
+# The results are bit-for-bit repeatable with the same versions of these; other versions
+# round differently, and a few hundred training steps amplify that into other numbers.
+VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy", "grain", "tokenizers")
+
+
+def package_versions() -> dict[str, str]:
+  """The installed versions of the packages that decide the main job's numbers."""
+  out = {}
+  for name in VERSIONED:
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = "not installed"
+  return out
 
 
 def vision_probe_auc(config: ml_collections.ConfigDict) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from echo_jax import config_lib, reproduce
@@ -86,6 +87,9 @@ def test_main_job_end_to_end(tmp_path):
       assert 0.0 <= row["metrics"][key] <= 100.0
   table = (workdir / "results.md").read_text()
   assert all(name in table for name in rows)
+  # The versions that decide the numbers travel with them.
+  assert results["versions"]["jax"] == jax.__version__
+  assert f"jax {jax.__version__}" in table
   assert (workdir / "eval" / "report.html").stat().st_size > 1000
   for stage in STAGES:
     assert reproduce.finished_step(str(workdir / stage)) == 2
