@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from absl import app, flags
 from absl import logging as absl_logging
 
-from echo_jax import config_lib
+from echo_jax import config_lib, log_setup
 from echo_jax.train import distributed
 
 _CONFIG = config_lib.define_config_flag()
@@ -44,15 +44,6 @@ def _wants_distributed() -> bool:
   if _DISTRIBUTED.value is not None:
     return _DISTRIBUTED.value
   return bool(_COORDINATOR.value) or distributed.multiprocess_environment()
-
-
-class _QuietLibraries(logging.Filter):
-  """Keep Orbax's and Grain's per-save INFO chatter out of the log."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or not any(
-      s in record.pathname for s in ("/orbax/", "/grain/")
-    )
 
 
 def _config_args(argv: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -104,7 +95,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+  absl_logging.get_absl_handler().addFilter(log_setup.QuietLibraries())
   import jax  # after flag parsing: XLA flags in the environment are read at import
 
   if _wants_distributed():

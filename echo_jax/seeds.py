@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from echo_jax import config_lib, reproduce
+from echo_jax import config_lib, log_setup, reproduce
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--workdir_prefix", default="workdir/tiny", help="seed N: <prefix>_seed<N>")
   parser.add_argument("--out", default="workdir/seeds", help="where seeds.json/.md go")
   args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  log_setup.log_to_stderr()
   if len(set(args.seeds)) != len(args.seeds):
     raise SystemExit(f"--seeds {args.seeds}: a seed appears twice")
   runs = []
