@@ -331,8 +331,9 @@ def evaluate_models(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   return rows
 
 
-# The results are bit-for-bit repeatable with the same versions of these; other versions
-# round differently, and a few hundred training steps amplify that into other numbers.
+# The results are bit-for-bit repeatable with the same versions of these on the same kind
+# of CPU; other versions (or XLA's code for another CPU) may round differently, and a few
+# hundred training steps amplify that into other numbers.
 VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy", "grain", "tokenizers")
 
 
