@@ -309,15 +309,16 @@ def evaluate_models(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   paths = evaluate.write_outputs(result, records, os.path.join(config.workdir, "eval"))
   rows = summarize(config, result, records)
   probe = vision_probe_auc(config)
+  versions = package_versions()
   with open(os.path.join(config.workdir, "results.json"), "w") as f:
-    summary = {"preset": config.preset, "seed": config.seed, "versions": package_versions()}
+    summary = {"preset": config.preset, "seed": config.seed, "versions": versions}
     summary["models"] = rows
     json.dump({**summary, "vision_probe": probe}, f, indent=2)
   table = markdown_table(rows)
   with open(os.path.join(config.workdir, "results.md"), "w") as f:
     f.write(
       f"# ECHO on the synthetic benchmark ({config.preset}, seed {config.seed})\n\n"
-      f"Software: {', '.join(f'{k} {v}' for k, v in package_versions().items())}.\n\n"
+      f"Software: {', '.join(f'{k} {v}' for k, v in versions.items())}.\n\n"
       f"{len(rows)} models, {rows[0]['num_reports']} test studies each. "
       "Quality: rule-based CheXpert F1 and lexical metrics against the reference reports; "
       "grammar-valid = share of generated sentences that are sentences of the benchmark's "
