@@ -14,6 +14,12 @@ fields of the example are not used.
 
 Batching: studies are taken in order, `batch_size` at a time; the last batch is padded
 by repeating its last study and the padded rows are dropped from the result.
+Continuous batching (`batching="continuous"`, sampling/continuous.py): a row whose report
+has ended takes the next study at once instead of idling until its batch's longest report
+ends; every study gets the same tokens as in lockstep batches of the same size. Rows then
+come out in the order they finish (`generate` still returns them in input order), and a
+row's `batch_forwards` counts the batch's model calls while the study held its row.
+
 `iter_rows` yields each batch's rows as soon as it is decoded and can skip studies whose
 example raises a given error (an unreadable image): the batch is then filled from the
 following studies, so the good studies of a batch holding a bad one are still decoded. With a
@@ -27,8 +33,9 @@ loading, tokenizing) is not timed: the next batch is prepared in a background th
 while the device decodes. Compilation is excluded by a warm-up: the first time a
 (sampler, batch shapes) pair is seen, the first batch is decoded once untimed, then
 decoded again for the result. A row's `seconds` is its batch's wall time divided by the
-real (not padded) studies in that batch, so the rows' seconds add up to the timed wall
-time; `speed_summary` derives tokens per second and milliseconds per report from them.
+real (not padded) studies in that batch (with continuous batching: each device call's
+time divided among the studies that finished in it), so the rows' seconds add up to the
+timed wall time; `speed_summary` derives tokens per second and milliseconds per report.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import itertools
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -54,13 +62,16 @@ from echo_jax.sampling import (
   AutoregressiveSampler,
   MultiStepSampler,
   OneStepSampler,
+  continuous,
   stops,
 )
 from echo_jax.sampling.state import SampleOutput
 
 Row = dict[str, Any]
+BATCHING = ("lockstep", "continuous")
 
 __all__ = [
+  "BATCHING",
   "SAMPLERS",
   "ReportGenerator",
   "Row",
@@ -137,10 +148,14 @@ class ReportGenerator:
     params: Any = None,
     rules: sharding_lib.LogicalRules = sharding_lib.DEFAULT_LOGICAL_RULES,
     prefetch: bool = True,
+    batching: str = "lockstep",
   ):
-    """`model`: an EchoVLM, or a DecodeModel with `params`, or a (decode_model, params) pair."""
+    """`model`: an EchoVLM, or a DecodeModel with `params`, or a (decode_model, params) pair.
+    `batching`: "lockstep" or "continuous" (see the module docstring)."""
     if batch_size < 1:
       raise ValueError(f"batch_size={batch_size} must be >= 1")
+    if batching not in BATCHING:
+      raise ValueError(f"batching={batching!r}: use one of {BATCHING}")
     if isinstance(model, tuple) and len(model) == 2:
       model, params = model
     if isinstance(model, nnx.Module):
@@ -157,7 +172,9 @@ class ReportGenerator:
     self.mesh = mesh
     self.rules = tuple(rules)
     self.prefetch = prefetch
+    self.batching = batching
     self._warm: set[tuple] = set()
+    self._continuous: dict[Any, continuous.ContinuousDecoder] = {}
 
   @classmethod
   def from_run(
@@ -259,10 +276,10 @@ class ReportGenerator:
     key of a sampling (non-greedy) sampler; batch i uses fold_in(key, i). A study that
     cannot be prepared raises; `iter_rows` can skip such studies instead.
     """
-    rows: list[Row] = []
-    for batch_rows, _ in self.iter_rows(studies, sampler, progress=progress, key=key):
-      rows += batch_rows
-    return rows
+    indexed: list[tuple[int, Row]] = []
+    for batch, _ in self._decoded(studies, sampler, progress=progress, key=key, skip=()):
+      indexed += batch
+    return [row for _, row in sorted(indexed, key=lambda pair: pair[0])]
 
   def iter_rows(
     self,
@@ -275,32 +292,102 @@ class ReportGenerator:
   ) -> Iterator[tuple[list[Row], list[Skipped]]]:
     """(rows, skipped) batch by batch, as soon as each batch is decoded.
 
-    rows: the batch's studies in order (as `generate`). skipped: the studies met while
-    filling this batch whose example raised one of `skip` (e.g. the images' BadImageError);
-    they are left out and the batch is filled from the next studies. Errors not in `skip`
-    propagate. A batch of only skipped studies yields ([], skipped) without decoding.
+    rows: the batch's studies in order (as `generate`); with continuous batching, the
+    studies that finished during one device call, in the order they finished. skipped:
+    the studies met while filling this batch whose example raised one of `skip` (e.g. the
+    images' BadImageError); they are left out and the batch is filled from the next
+    studies. Errors not in `skip` propagate. A batch of only skipped studies yields
+    ([], skipped) without decoding.
     """
+    for batch, skipped in self._decoded(studies, sampler, progress=progress, key=key, skip=skip):
+      yield [row for _, row in batch], skipped
+
+  def _decoded(
+    self,
+    studies: Sequence[Any],
+    sampler: Any,
+    *,
+    progress: bool | str,
+    key: jax.Array | None,
+    skip: tuple[type[BaseException], ...],
+  ) -> Iterator[tuple[list[tuple[int, Row]], list[Skipped]]]:
+    """iter_rows with each row's index among the decoded studies (their input order)."""
     bar = None
     if progress:
       from tqdm.auto import tqdm
 
       desc = progress if isinstance(progress, str) else type(sampler).__name__
       bar = tqdm(total=len(studies), desc=desc, unit="report")
-    index = 0
+    decoded = self._lockstep if self.batching == "lockstep" else self._continuously
     try:
-      for batch in self._prepared(studies, skip=tuple(skip)):
-        rows: list[Row] = []
-        if batch.real:
-          k = None if key is None else jax.random.fold_in(key, index)
-          out, seconds = self.decode(sampler, batch.context, k)
-          rows = self.rows_of(batch.studies[: batch.real], out, seconds)
-          index += 1
+      for rows, skipped in decoded(studies, sampler, key, tuple(skip)):
         if bar is not None:
-          bar.update(batch.real + len(batch.skipped))
-        yield rows, batch.skipped
+          bar.update(len(rows) + len(skipped))
+        yield rows, skipped
     finally:
       if bar is not None:
         bar.close()
+
+  def _lockstep(self, studies, sampler, key, skip):
+    index = done = 0
+    for batch in self._prepared(studies, skip=skip):
+      rows: list[tuple[int, Row]] = []
+      if batch.real:
+        k = None if key is None else jax.random.fold_in(key, index)
+        out, seconds = self.decode(sampler, batch.context, k)
+        rows = list(enumerate(self.rows_of(batch.studies[: batch.real], out, seconds), done))
+        index += 1
+        done += batch.real
+      yield rows, batch.skipped
+
+  def _continuously(self, studies, sampler, key, skip):
+    """Continuous batching (sampling/continuous.py): a finished row takes the next study."""
+    decoder = self._continuous.get(sampler)
+    if decoder is None:
+      decoder = continuous.ContinuousDecoder(sampler, self.decode_model, self.params)
+      self._continuous[sampler] = decoder
+    waiting: dict[int, Any] = {}  # index -> study, from preparation until it finishes
+    skipped: list[Skipped] = []
+    indices = itertools.count()
+
+    def chunks():
+      for batch in self._prepared(studies, skip=skip):
+        skipped.extend(batch.skipped)
+        if not batch.real:
+          continue
+        ids = np.full((self.batch_size,), -1, np.int32)
+        for b, study in enumerate(batch.studies[: batch.real]):
+          ids[b] = next(indices)
+          waiting[int(ids[b])] = study
+        decoder.compile(batch.context, ids, key)  # before its first use, outside the timing
+        yield batch.context, ids
+
+    for box, seconds in decoder.run(chunks(), key):
+      count = int(box.count)
+      rows = []
+      for k in range(count):
+        index = int(box.ids_K[k])
+        study = waiting.pop(index)
+        rows.append(
+          (
+            index,
+            self._row(
+              study,
+              box.tokens_KR[k],
+              length=int(box.lengths_K[k]),
+              tokens=int(box.tokens_K[k]),
+              forwards=int(box.forwards_K[k]),
+              batch_forwards=int(box.calls_K[k]),
+              seconds=seconds / max(count, 1),
+              looped=bool(box.looped_K[k]),
+              eos=bool(box.eos_K[k]),
+            ),
+          )
+        )
+      now, skipped[:] = list(skipped), []
+      yield rows, now
+    if skipped:  # studies skipped after the last decoded one
+      yield [], list(skipped)
 
   def rows_of(self, studies: Sequence[Any], out: SampleOutput, seconds: float) -> list[Row]:
     """Rows of the first len(studies) examples of a decoded batch.
@@ -316,23 +403,34 @@ class ReportGenerator:
     tokens_BR = np.asarray(out.tokens_BR)
     lengths = np.asarray(out.lengths_B)
     stats = out.stats
-    rows = []
-    for b, study in enumerate(studies):
-      rows.append(
-        {
-          "id": study.id,
-          "prediction": self.text(tokens_BR[b, : int(lengths[b])]),
-          "reference": study.report,
-          "tokens": int(stats.tokens_B[b]),
-          "length": int(lengths[b]),
-          "forwards": int(stats.forwards_B[b]),
-          "batch_forwards": int(stats.batch_forwards),
-          "seconds": seconds / n,
-          "looped": bool(stats.looped_B[b]),
-          "eos": bool(stats.eos_B[b]),
-        }
+    return [
+      self._row(
+        study,
+        tokens_BR[b],
+        length=int(lengths[b]),
+        tokens=int(stats.tokens_B[b]),
+        forwards=int(stats.forwards_B[b]),
+        batch_forwards=int(stats.batch_forwards),
+        seconds=seconds / n,
+        looped=bool(stats.looped_B[b]),
+        eos=bool(stats.eos_B[b]),
       )
-    return rows
+      for b, study in enumerate(studies)
+    ]
+
+  def _row(self, study: Any, tokens_R: Any, *, length: int, **stats: Any) -> Row:
+    return {
+      "id": study.id,
+      "prediction": self.text(tokens_R[:length]),
+      "reference": study.report,
+      "tokens": stats["tokens"],
+      "length": length,
+      "forwards": stats["forwards"],
+      "batch_forwards": stats["batch_forwards"],
+      "seconds": stats["seconds"],
+      "looped": stats["looped"],
+      "eos": stats["eos"],
+    }
 
 
 def row_stats(row: Row) -> dict[str, Any]:

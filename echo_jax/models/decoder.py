@@ -172,8 +172,11 @@ class KVCache:
 
   k, v: (N layers, B, S slots, G, K), rotated keys and values in the compute dtype.
   valid_BS: slot holds a real token (False for the context's left padding).
-  length: int32 scalar, slots [0, length) are filled, shared by the batch; slots at or
-    beyond it are never attended, so `cache.replace(length=n)` rewinds.
+  length: int32, slots [0, length) are filled; slots at or beyond it are never attended,
+    so `cache.replace(length=n)` rewinds. A scalar is shared by the batch (lockstep
+    decoding); an int32 [B] gives each row its own length (continuous batching, where a
+    row takes a new study while the others go on), and `extend` then writes each row's
+    new keys/values at its own length.
   """
 
   k: jax.Array
@@ -188,7 +191,26 @@ class KVCache:
   def slot_mask_BS(self) -> jax.Array:
     """Which slots may be attended now."""
     slots_S = jnp.arange(self.num_slots)
-    return self.valid_BS & (slots_S < self.length)[None]
+    return self.valid_BS & (slots_S[None, :] < jnp.reshape(self.length, (-1, 1)))
+
+  def per_row(self) -> KVCache:
+    """The same cache with one length per row (see `length`)."""
+    return self.replace(length=jnp.broadcast_to(self.length, self.valid_BS.shape[:1]))
+
+  def put_row(self, row: jax.Array, source: KVCache, source_row: jax.Array) -> KVCache:
+    """Row `row` replaced by row `source_row` of `source` (same slots), in place."""
+
+    def put(dst, src, axis):
+      piece = jax.lax.dynamic_slice_in_dim(src, source_row, 1, axis)
+      return jax.lax.dynamic_update_slice_in_dim(dst, piece, row, axis)
+
+    length = jnp.broadcast_to(source.length, source.valid_BS.shape[:1])
+    return self.replace(
+      k=put(self.k, source.k, 1),
+      v=put(self.v, source.v, 1),
+      valid_BS=put(self.valid_BS, source.valid_BS, 0),
+      length=put(self.length, length, 0),
+    )
 
 
 class Qwen2Decoder(nnx.Module):
@@ -273,14 +295,22 @@ class Qwen2Decoder(nnx.Module):
     k_NBSGK, v_NBSGK = cache.k, cache.v
     zero = jnp.zeros((), jnp.int32)
 
+    per_row = jnp.ndim(cache.length) == 1
+    # Per-row lengths write row b's new tokens at slots length[b] + [0, num_append).
+    rows_B1 = jnp.arange(b)[:, None]
+    slots_BA = jnp.reshape(cache.length, (-1, 1)) + jnp.arange(num_append)[None, :]
+
+    def write(buf, i, new_BAGK):
+      if per_row:
+        return buf.at[i, rows_B1, slots_BA].set(new_BAGK, mode="promise_in_bounds")
+      return jax.lax.dynamic_update_slice(buf, new_BAGK[None], (i, zero, cache.length, zero, zero))
+
     def storing(i: int):
       def store(k_BTGK, v_BTGK):
         nonlocal k_NBSGK, v_NBSGK
-        at = (jnp.int32(i), zero, cache.length, zero, zero)
-        new_k = k_BTGK[None, :, :num_append].astype(k_NBSGK.dtype)
-        k_NBSGK = jax.lax.dynamic_update_slice(k_NBSGK, new_k, at)
-        new_v = v_BTGK[None, :, :num_append].astype(v_NBSGK.dtype)
-        v_NBSGK = jax.lax.dynamic_update_slice(v_NBSGK, new_v, at)
+        i32 = jnp.int32(i)
+        k_NBSGK = write(k_NBSGK, i32, k_BTGK[:, :num_append].astype(k_NBSGK.dtype))
+        v_NBSGK = write(v_NBSGK, i32, v_BTGK[:, :num_append].astype(v_NBSGK.dtype))
         return k_NBSGK[i], v_NBSGK[i], mask_BTS
 
       return store
@@ -290,9 +320,12 @@ class Qwen2Decoder(nnx.Module):
       past = storing(i) if num_append else (cache.k[i], cache.v[i], mask_BTS)
       x, _, _ = layer(x, cos, sin, mask_BTT, past)
     if num_append:
-      valid = jax.lax.dynamic_update_slice(
-        cache.valid_BS, jnp.ones((b, num_append), bool), (zero, cache.length)
-      )
+      if per_row:
+        valid = cache.valid_BS.at[rows_B1, slots_BA].set(True, mode="promise_in_bounds")
+      else:
+        valid = jax.lax.dynamic_update_slice(
+          cache.valid_BS, jnp.ones((b, num_append), bool), (zero, cache.length)
+        )
       cache = cache.replace(k=k_NBSGK, v=v_NBSGK, valid_BS=valid, length=cache.length + num_append)
     return self.norm(x), cache
 

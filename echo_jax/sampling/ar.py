@@ -22,7 +22,12 @@ import jax
 import jax.numpy as jnp
 
 from echo_jax.sampling import commit, stops
-from echo_jax.sampling.block_decode import BlockSamplerConfig, _check_model
+from echo_jax.sampling.block_decode import (
+  BlockSamplerConfig,
+  _check_model,
+  _put_rows,
+  keep_finished_lengths,
+)
 from echo_jax.sampling.one_step import OneStepSampler
 from echo_jax.sampling.protocol import DecodeModel
 from echo_jax.sampling.state import SampleOutput, SampleStats, TokenState
@@ -78,65 +83,99 @@ class AutoregressiveSampler:
   __call__ = sample
 
 
-def _decode(
-  cfg: AutoregressiveSampler, model: DecodeModel, params: Any, context: Any, key: jax.Array | None
-) -> SampleOutput:
-  batch = jax.tree.leaves(context)[0].shape[0]
-  r = cfg.max_new_tokens
-  head, last_BT = model.split_context(context, jnp.ones((batch,), jnp.int32), max_tail=1)
-  slots = model.context_slots(head, block_len=1)
-  cache, pos0_B = model.prefill(params, head, cache_length=slots + r, block_len=1)
-  pos0_B = pos0_B.astype(jnp.int32)
+class _TokenLoop:
+  """The pieces of the token loop, built at trace time (see block_decode._BlockLoop):
+  each row has its own step `t_B`, so continuous batching can refill finished rows."""
 
-  def step(st: TokenState) -> TokenState:
-    active_B = ~st.done_B
-    logits, cache = model.extend(
-      params, st.cache, st.last_B[:, None], (pos0_B + st.t)[:, None], block_len=1, num_append=1
+  def __init__(self, cfg: AutoregressiveSampler, model: DecodeModel, params: Any, key):
+    self.cfg, self.model, self.params, self.key = cfg, model, params, key
+
+  def start(self, context: Any, *, per_row: bool = False) -> TokenState:
+    """Prefill all but each prompt's last token, which the first step feeds."""
+    batch = jax.tree.leaves(context)[0].shape[0]
+    r = self.cfg.max_new_tokens
+    model = self.model
+    head, last_BT = model.split_context(context, jnp.ones((batch,), jnp.int32), max_tail=1)
+    slots = model.context_slots(head, block_len=1)
+    cache, pos0_B = model.prefill(self.params, head, cache_length=slots + r, block_len=1)
+    if per_row:
+      cache = cache.per_row()
+    false_B = jnp.zeros((batch,), bool)
+    zeros_B = jnp.zeros((batch,), jnp.int32)
+    return TokenState(
+      cache=cache,
+      t=jnp.int32(0),
+      last_B=jnp.asarray(last_BT, jnp.int32)[:, 0],
+      buf_BR=jnp.full((batch, r), self.cfg.pad_id, jnp.int32),
+      done_B=false_B,
+      eos_B=false_B,
+      looped_B=false_B,
+      forwards_B=zeros_B,
+      batch_forwards=jnp.int32(0),
+      t_B=zeros_B,
+      calls_B=zeros_B,
+      pos0_B=pos0_B.astype(jnp.int32),
     )
-    k = None if key is None else jax.random.fold_in(key, st.t)
+
+  def step(self, st: TokenState) -> TokenState:
+    """One token for every unfinished row."""
+    cfg = self.cfg
+    r = cfg.max_new_tokens
+    active_B = ~st.done_B
+    logits, cache = self.model.extend(
+      self.params,
+      st.cache,
+      st.last_B[:, None],
+      (st.pos0_B + st.t_B)[:, None],
+      block_len=1,
+      num_append=1,
+    )
+    k = None if self.key is None else jax.random.fold_in(self.key, st.t)
     tok_B = commit.choose_tokens(logits, cfg.sampling, k)[0][:, 0]
     tok_B = jnp.where(active_B, tok_B, cfg.pad_id)
-    buf = jax.lax.dynamic_update_slice(st.buf_BR, tok_B[:, None], (0, st.t))
+    buf = _put_rows(st.buf_BR, tok_B[:, None], st.t_B, active_B)
     eos = active_B & (tok_B == cfg.eos_id)
     looped = jnp.zeros_like(eos)
     if cfg.repetition is not None:
-      begin_B = jnp.zeros((batch,), jnp.int32)
-      end_B = jnp.full((batch,), st.t + 1, jnp.int32)
-      looped = active_B & ~eos & stops.repeats_ngram(buf, begin_B, end_B, st.t, 1, cfg.repetition)
+      begin_B = jnp.zeros_like(st.t_B)
+      looped = (
+        active_B & ~eos & stops.repeats_ngram(buf, begin_B, st.t_B + 1, st.t_B, 1, cfg.repetition)
+      )
     return st.replace(
-      cache=cache,
+      cache=keep_finished_lengths(st.cache, cache, st.done_B),
       t=st.t + 1,
       last_B=tok_B,
       buf_BR=buf,
       eos_B=st.eos_B | eos,
       looped_B=st.looped_B | looped,
-      done_B=st.done_B | eos | looped | (st.t + 1 >= r),
+      done_B=st.done_B | eos | looped | (st.t_B + 1 >= r),
       forwards_B=st.forwards_B + active_B.astype(jnp.int32),
       batch_forwards=st.batch_forwards + 1,
+      t_B=st.t_B + active_B.astype(jnp.int32),
+      calls_B=st.calls_B + 1,
     )
 
-  false_B = jnp.zeros((batch,), bool)
-  st = TokenState(
-    cache=cache,
-    t=jnp.int32(0),
-    last_B=jnp.asarray(last_BT, jnp.int32)[:, 0],
-    buf_BR=jnp.full((batch, r), cfg.pad_id, jnp.int32),
-    done_B=false_B,
-    eos_B=false_B,
-    looped_B=false_B,
-    forwards_B=jnp.zeros((batch,), jnp.int32),
-    batch_forwards=jnp.int32(0),
-  )
-  st = jax.lax.while_loop(lambda s: (s.t < r) & ~jnp.all(s.done_B), step, st)
-  tokens_BR, lengths_B = stops.cut_at_eos(st.buf_BR, st.forwards_B, cfg.eos_id, cfg.pad_id)
-  stats = SampleStats(
-    forwards_B=st.forwards_B,
-    tokens_B=st.forwards_B,
-    eos_B=st.eos_B,
-    looped_B=st.looped_B,
-    batch_forwards=st.batch_forwards,
-  )
-  return SampleOutput(tokens_BR=tokens_BR, lengths_B=lengths_B, stats=stats)
+  def output(self, st: TokenState) -> SampleOutput:
+    cfg = self.cfg
+    tokens_BR, lengths_B = stops.cut_at_eos(st.buf_BR, st.forwards_B, cfg.eos_id, cfg.pad_id)
+    stats = SampleStats(
+      forwards_B=st.forwards_B,
+      tokens_B=st.forwards_B,
+      eos_B=st.eos_B,
+      looped_B=st.looped_B,
+      batch_forwards=st.batch_forwards,
+    )
+    return SampleOutput(tokens_BR=tokens_BR, lengths_B=lengths_B, stats=stats)
+
+
+def _decode(
+  cfg: AutoregressiveSampler, model: DecodeModel, params: Any, context: Any, key: jax.Array | None
+) -> SampleOutput:
+  loop = _TokenLoop(cfg, model, params, key)
+  st = loop.start(context)
+  r = cfg.max_new_tokens
+  st = jax.lax.while_loop(lambda s: (s.t < r) & ~jnp.all(s.done_B), loop.step, st)
+  return loop.output(st)
 
 
 _decode_jit = jax.jit(_decode, static_argnums=(0, 1))

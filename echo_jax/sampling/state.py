@@ -47,8 +47,8 @@ class SampleOutput:
 class BlockState:
   """Loop state of the block-diffusion samplers (multi-step and one-step)."""
 
-  cache: Any  # the model's KV cache; cache.length is shared by the batch
-  block: jax.Array  # int32 []: index n of the block being decoded
+  cache: Any  # the model's KV cache; cache.length is shared by the batch or per row
+  block: jax.Array  # int32 []: blocks the batch has decoded (= every row's block in lockstep)
   step: jax.Array  # int32 []: denoising step inside the block
   x_BT: jax.Array  # int32 [B, T]: tokens of the current block (committed or <|MASK|>)
   masked_BT: jax.Array  # bool [B, T]: positions of the current block still to commit
@@ -60,6 +60,12 @@ class BlockState:
   forwards_B: jax.Array  # int32 [B]
   tokens_B: jax.Array  # int32 [B]
   batch_forwards: jax.Array  # int32 []
+  block_B: jax.Array  # int32 [B]: index n of the block each row decodes
+  calls_B: jax.Array  # int32 [B]: model calls of the batch while the row held its example
+  pos0_B: jax.Array  # int32 [B]: position id of the first response token
+  tail_BT: jax.Array  # int32 [B, T]: the prompt's tail that opens block 0 (released grid)
+  tail_len_B: jax.Array  # int32 [B]: its length (0 on the aligned grid)
+  blocks_B: jax.Array  # int32 [B]: the row's block budget
   rec: Any = None  # Records while recording (block_decode.record_rollout), else None
   aux_cache: Any = None  # the prefix model's cache while recording with one, else None
 
@@ -80,7 +86,7 @@ class TokenState:
   """Loop state of the autoregressive sampler (next-token logits)."""
 
   cache: Any  # the model's KV cache
-  t: jax.Array  # int32 []: index of the token being generated
+  t: jax.Array  # int32 []: steps the batch has run (= every row's token in lockstep)
   last_B: jax.Array  # int32 [B]: the token fed at this step (its logit predicts token t)
   buf_BR: jax.Array  # int32 [B, R]: generated tokens; pad elsewhere
   done_B: jax.Array  # bool [B]
@@ -88,3 +94,6 @@ class TokenState:
   looped_B: jax.Array  # bool [B]
   forwards_B: jax.Array  # int32 [B]
   batch_forwards: jax.Array  # int32 []
+  t_B: jax.Array  # int32 [B]: index of the token each row generates
+  calls_B: jax.Array  # int32 [B]: model calls of the batch while the row held its example
+  pos0_B: jax.Array  # int32 [B]: position id of the first response token

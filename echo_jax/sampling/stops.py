@@ -46,7 +46,7 @@ def repeats_ngram(
   The response of example b is `buf_BR[b, begin_B[b]:end_B[b]]`. Only n-grams
   that end in the newly written window are tested, against every n-gram of
   the response written up to the window's end (the earlier ones were tested
-  when they were written).
+  when they were written). `start` is shared (int32 []) or per example ([B]).
   """
   n, r = guard.ngram, buf_BR.shape[1]
   if n > r:
@@ -54,14 +54,13 @@ def repeats_ngram(
   num = r - n + 1  # n-grams, by their first index
   grams_BGn = jnp.stack([buf_BR[:, i : i + num] for i in range(n)], axis=-1)
   first_G = jnp.arange(num)
+  start_B = jnp.broadcast_to(start, buf_BR.shape[:1])
   # Count only n-grams written so far: the buffer past the window is not output yet.
-  written_B = jnp.minimum(end_B, start + width)
+  written_B = jnp.minimum(end_B, start_B + width)
   inside_BG = (first_G[None, :] >= begin_B[:, None]) & (first_G[None, :] + n <= written_B[:, None])
-  new_first_W = start + jnp.arange(width) - (n - 1)
-  new_ok_BW = (new_first_W[None, :] >= begin_B[:, None]) & (
-    new_first_W[None, :] + n <= end_B[:, None]
-  )
-  new_BWn = grams_BGn[:, jnp.clip(new_first_W, 0, num - 1)]
+  new_first_BW = start_B[:, None] + jnp.arange(width)[None, :] - (n - 1)
+  new_ok_BW = (new_first_BW >= begin_B[:, None]) & (new_first_BW + n <= end_B[:, None])
+  new_BWn = jnp.take_along_axis(grams_BGn, jnp.clip(new_first_BW, 0, num - 1)[..., None], axis=1)
   same_BWG = jnp.all(new_BWn[:, :, None, :] == grams_BGn[:, None, :, :], axis=-1)
   count_BW = jnp.sum(same_BWG & inside_BG[:, None, :], axis=-1)
   return jnp.any(new_ok_BW & (count_BW > guard.max_repeats), axis=-1)
