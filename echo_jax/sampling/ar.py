@@ -155,6 +155,8 @@ class _TokenLoop:
       calls_B=st.calls_B + 1,
     )
 
+  advance = step  # the name the block loop has for one decoding step of the batch
+
   def output(self, st: TokenState) -> SampleOutput:
     cfg = self.cfg
     tokens_BR, lengths_B = stops.cut_at_eos(st.buf_BR, st.forwards_B, cfg.eos_id, cfg.pad_id)

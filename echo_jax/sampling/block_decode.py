@@ -322,6 +322,10 @@ class _BlockLoop:
       )
     return self.finish_block(st, active_B)
 
+  def advance(self, st: BlockState) -> BlockState:
+    """The next block of every unfinished row, after the first."""
+    return self.run_block(st, self.later)
+
   def _is_tail(self, st: BlockState) -> jax.Array:
     """bool [B, T]: positions of the current block holding the prompt's tail."""
     return (self.idx_T[None, :] < st.tail_len_B[:, None]) & (st.block_B == 0)[:, None]
@@ -427,7 +431,7 @@ def _decode(
   st = loop.start(context)
   st = jax.lax.while_loop(
     lambda s: (s.block < loop.num_blocks) & ~jnp.all(s.done_B),
-    lambda s: loop.run_block(s, loop.later),
+    loop.advance,
     st,
   )
   out = loop.output(st)

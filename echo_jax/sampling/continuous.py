@@ -2,7 +2,7 @@
 
 A lockstep batch (the samplers' `sample`) runs until its longest report ends, and
 its finished rows keep computing: on the synthetic benchmark at batch 50 a row
-does useful work in only 75-88% of its batch's forwards. Here the batch's rows are
+does useful work in only about 80-90% of its batch's forwards. Here the batch's rows are
 slots: when one finishes, its result goes to an outbox and the next study takes
 its place, while the other rows go on. Shapes stay static (one compilation per
 shape): the KV cache keeps one length per row (`KVCache.length` int32 [B]), and
@@ -78,12 +78,6 @@ def _loop(cfg: Any, model: DecodeModel, params: Any, key: jax.Array | None):
   return _BlockLoop(cfg, model, params, key)
 
 
-def _advance(loop: Any, st: Any) -> Any:
-  if isinstance(loop, _TokenLoop):
-    return loop.step(st)
-  return loop.run_block(st, loop.later)
-
-
 def _empty_outbox(out: Any) -> Outbox:
   k, r = out.tokens_BR.shape
   zeros_K = jnp.zeros((k,), jnp.int32)
@@ -101,10 +95,15 @@ def _empty_outbox(out: Any) -> Outbox:
   )
 
 
-def _post(box: Outbox, loop: Any, slots: Slots, row: jax.Array) -> Outbox:
-  """The outbox with the study of `row` appended (if the row holds one)."""
+def _output(loop: Any, slots: Slots) -> Any:
+  """The reports and costs of every row (SampleOutput)."""
+  return loop.output(slots.state.replace(cache=None))
+
+
+def _post(box: Outbox, out: Any, slots: Slots, row: jax.Array) -> Outbox:
+  """The outbox with the study of `row` appended (if the row holds one); `out` is
+  `_output` of `slots` before any of the rows posted with it was replaced."""
   st = slots.state
-  out = loop.output(st.replace(cache=None))
   at = box.count
 
   def put(buf, value):
@@ -157,7 +156,7 @@ def _serve(cfg, model, params, slots: Slots, context, ids_B, key) -> tuple[Slots
   loop = _loop(cfg, model, params, key)
   staged = _start(loop, context, ids_B)
   waiting = jnp.sum(ids_B >= 0)
-  box = _empty_outbox(loop.output(staged.state.replace(cache=None)))
+  box = _empty_outbox(_output(loop, staged))
 
   def move(carry):
     slots, taken, box = carry
@@ -165,11 +164,12 @@ def _serve(cfg, model, params, slots: Slots, context, ids_B, key) -> tuple[Slots
     n = jnp.minimum(jnp.sum(free_B), waiting - taken)
     # The i-th finished row (in row order) takes staged study taken + i.
     rank_B = jnp.cumsum(free_B) - 1
+    out = _output(loop, slots)  # each posted row is still the one it was here
 
     def one(i, c):
       slots, box = c
       row = jnp.argmax(free_B & (rank_B == i))
-      box = _post(box, loop, slots, row)
+      box = _post(box, out, slots, row)
       return _put_row(slots, row, staged, taken + i), box
 
     slots, box = jax.lax.fori_loop(0, n, one, (slots, box))
@@ -179,7 +179,7 @@ def _serve(cfg, model, params, slots: Slots, context, ids_B, key) -> tuple[Slots
     slots, taken, box = move(carry)
     # Always one step after the moves: a step that only finished rows take changes none
     # of them, and a `lax.cond` around it would make XLA copy the whole cache.
-    return slots.replace(state=_advance(loop, slots.state)), taken, box
+    return slots.replace(state=loop.advance(slots.state)), taken, box
 
   slots, _, box = jax.lax.while_loop(lambda c: c[1] < waiting, body, (slots, jnp.int32(0), box))
   return slots, box
@@ -191,10 +191,12 @@ def _drain(cfg, model, params, slots: Slots, key) -> tuple[Slots, Outbox]:
   batch is returned only so that its donated buffers are reused, not copied)."""
   loop = _loop(cfg, model, params, key)
   # Every unfinished row advances and stops at its budget, so this loop ends.
-  st = jax.lax.while_loop(lambda s: ~jnp.all(s.done_B), lambda s: _advance(loop, s), slots.state)
+  st = jax.lax.while_loop(lambda s: ~jnp.all(s.done_B), loop.advance, slots.state)
   slots = slots.replace(state=st)
-  box = _empty_outbox(loop.output(st.replace(cache=None)))
-  box = jax.lax.fori_loop(0, slots.ids_B.shape[0], lambda b, box: _post(box, loop, slots, b), box)
+  out = _output(loop, slots)
+  box = jax.lax.fori_loop(
+    0, slots.ids_B.shape[0], lambda b, box: _post(box, out, slots, b), _empty_outbox(out)
+  )
   return slots, box
 
 
