@@ -131,6 +131,9 @@ def pipeline_config(ablations: bool) -> ml_collections.ConfigDict:
   c.eval.split = "test"
   c.eval.num_studies = 0  # 0 = the whole split
   c.eval.batch_size = 50
+  # lockstep: a batch decodes until its longest report ends. continuous: a row whose
+  # report has ended takes the next study (echo_jax/sampling/continuous.py); same tokens.
+  c.eval.batching = "lockstep"
   c.eval.threshold = 0.85  # tau of the multi-step rows
   c.eval.n_boot = 200  # bootstrap resamples for the confidence intervals
   rows = [

@@ -138,6 +138,12 @@ def _parser() -> argparse.ArgumentParser:
     "--loop_guard", type=int, default=0, metavar="N", help="stop N-gram loops (0 = off)"
   )
   p.add_argument("--batch_size", type=int, default=8)
+  p.add_argument(
+    "--batching",
+    choices=inference.BATCHING,
+    default="lockstep",
+    help="continuous: a row whose report has ended takes the next study (same reports)",
+  )
   p.add_argument("--preset", default="tiny", help="model preset of a workdir without config.json")
   p.add_argument("--dtype", default="", help="float32 | bfloat16 (default: the model's)")
   p.add_argument("--tokenizer", default="", help="tokenizer.json or its directory")
@@ -252,30 +258,6 @@ def select(studies: Sequence[Study], keep: Sequence[int]) -> Sequence[Study]:
   return [studies[i] for i in keep]
 
 
-class HandedOut(Sequence):
-  """`studies` remembering, in order, each study its iteration hands out.
-
-  The writer pairs each decoded row (and each skipped study) with the very object the
-  generator read: a TfdsStudies builds a new Study on every read, so reading it twice
-  would give equal but different objects.
-  """
-
-  def __init__(self, studies: Sequence[Study]):
-    self.studies = studies
-    self.handed: collections.deque[Study] = collections.deque()
-
-  def __len__(self) -> int:
-    return len(self.studies)
-
-  def __getitem__(self, i: Any) -> Any:
-    return self.studies[i]
-
-  def __iter__(self) -> Any:
-    for study in self.studies:
-      self.handed.append(study)  # deque appends are thread-safe (the batch prefetch thread)
-      yield study
-
-
 def _mesh(spec: str) -> Any:
   if not spec:
     return None
@@ -341,7 +323,6 @@ def write_dataset(
   if done_ids:
     counts = counts if counts is not None else ids_and_image_counts(studies)
     todo = select(studies, [i for i, (sid, _) in enumerate(counts) if sid not in done_ids])
-  todo = HandedOut(todo)
   num_done = len(studies) - len(todo)
   if done:
     print(f"resuming {out}: {num_done} of {len(studies)} studies already done", file=sys.stderr)
@@ -360,19 +341,15 @@ def write_dataset(
     for batch_rows, batch_skipped in generator.iter_rows(
       todo, sampler, progress=sampler_name, skip=(images.BadImageError,)
     ):
-      # The batch consumed the next studies in order: its rows' and its skipped ones.
-      taken = [todo.handed.popleft() for _ in range(len(batch_rows) + len(batch_skipped))]
-      left_out = {id(s.study) for s in batch_skipped}
-      good = [study for study in taken if id(study) not in left_out]
       lines.write(
         {
           "id": row["id"],
           "prediction": row["prediction"],
           "reference": row["reference"],
           "stats": inference.row_stats(row),
-          "images": list(study.image_paths),
+          "images": row["images"],
         }
-        for row, study in zip(batch_rows, good, strict=True)
+        for row in batch_rows
       )
       bad.write(
         {"id": s.study.id, "images": list(s.study.image_paths), "reason": s.detail}
@@ -476,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   )
   batch_size = 1 if args.images else args.batch_size
   generator = inference.ReportGenerator.from_run(
-    run, batch_size, examples=example_fn, mesh=_mesh(args.mesh)
+    run, batch_size, examples=example_fn, mesh=_mesh(args.mesh), batching=args.batching
   )
   with image_warnings_as_lines():
     if args.dataset:

@@ -359,7 +359,6 @@ class ReportGenerator:
         for b, study in enumerate(batch.studies[: batch.real]):
           ids[b] = next(indices)
           waiting[int(ids[b])] = study
-        decoder.compile(batch.context, ids, key)  # before its first use, outside the timing
         yield batch.context, ids
 
     for box, seconds in decoder.run(chunks(), key):
@@ -392,7 +391,8 @@ class ReportGenerator:
   def rows_of(self, studies: Sequence[Any], out: SampleOutput, seconds: float) -> list[Row]:
     """Rows of the first len(studies) examples of a decoded batch.
 
-    Row: id, prediction (text), reference (the study's report), tokens (committed response
+    Row: id, prediction (text), reference (the study's report), images (the study's
+    image_paths), tokens (committed response
     tokens, also those after EOS inside its block), length (report tokens before EOS),
     forwards (decode forwards, prefill excluded), batch_forwards (the model calls of its
     lockstep batch: the batch runs until its longest report ends), seconds (batch time /
@@ -423,6 +423,9 @@ class ReportGenerator:
       "id": study.id,
       "prediction": self.text(tokens_R[:length]),
       "reference": study.report,
+      # Each row names its own study's images: with continuous batching rows finish out
+      # of order, and a dataset's reader may build a new Study object on every read.
+      "images": list(getattr(study, "image_paths", ())),
       "tokens": stats["tokens"],
       "length": length,
       "forwards": stats["forwards"],

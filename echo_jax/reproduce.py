@@ -110,6 +110,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       config_lib.validate(stage, num_devices)
     except config_lib.ConfigError as e:
       problems += [f"stages.{name}: {p}" for p in e.problems]
+  batching = config.eval.get("batching", "lockstep")
+  if batching not in inference.BATCHING:
+    problems.append(f"eval.batching={batching!r}: use one of {inference.BATCHING}")
   for row in (*config.eval.rows, *config.eval.get("deranged_rows", ())):
     if len(row) != 4 or row[1] not in config.stages or row[2] not in SAMPLERS:
       problems.append(
@@ -194,7 +197,9 @@ def generate_rows(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
       threshold=config.eval.threshold,
       repetition=RepetitionGuard(**LOOP_GUARD),
     )
-    generator = inference.ReportGenerator.from_run(run, config.eval.batch_size)
+    generator = inference.ReportGenerator.from_run(
+      run, config.eval.batch_size, batching=config.eval.get("batching", "lockstep")
+    )
     inputs = deranged if swapped else studies
     log.info("[eval %d/%d] %s on %d studies", index, len(rows), row, len(inputs))
     generated = generator.generate(inputs, sampler, progress=False)
@@ -206,10 +211,10 @@ def generate_rows(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
           "model": row,
           "prediction": g["prediction"],
           "reference": g["reference"],
-          "images": list(study.image_paths),
+          "images": g["images"],
           "stats": inference.row_stats(g),
         }
-        for g, study in zip(generated, inputs, strict=True)
+        for g in generated
       ],
     )
   if config.eval.get("constant_report", False):
@@ -324,8 +329,8 @@ def evaluate_models(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
       "grammar-valid = share of generated sentences that are sentences of the benchmark's "
       "grammar, exact findings = share of reports whose 14 labels all equal the reference's; "
       "speed: the samplers' stats on this machine (batch "
-      f"{config.eval.batch_size}, first batch's compile excluded).\n\n{table}"
-      + (_probe_line(probe) if probe else "")
+      f"{config.eval.batch_size}, {config.eval.get('batching', 'lockstep')} batching, "
+      "first batch's compile excluded).\n\n{table}" + (_probe_line(probe) if probe else "")
     )
   log.info("results:\n%s", table)
   log.info("wrote %s, %s and %s", "results.json", "results.md", paths["html"])

@@ -153,6 +153,29 @@ def test_max_bad_fraction_stops_and_keeps_what_was_written(setup, workdir, tmp_p
     generate.main(argv(workdir, data, out, "--max_bad_fraction", "1.5"))
 
 
+def test_continuous_batching_writes_the_same_records(setup, workdir, tmp_path):
+  # Study 1's image is garbage (skipped). Every study has its own image file: each record
+  # must name its own study's, whichever order the rows finish in.
+  data, train = dataset(setup, tmp_path / "data", 6, garbage=[1])
+  records = {}
+  for batching in ("lockstep", "continuous"):
+    out = tmp_path / f"{batching}.jsonl"
+    generate.main(argv(workdir, data, out, "--batching", batching))
+    records[batching] = {r["id"]: r for r in lines_of(out)}
+    skipped = lines_of(batch_output.skipped_path(str(out)))
+    assert [s["id"] for s in skipped] == [train[1]["id"]]
+  assert records["continuous"].keys() == {t["id"] for i, t in enumerate(train) if i != 1}
+  for t in train:
+    if t["id"] not in records["lockstep"]:
+      continue
+    lock, cont = records["lockstep"][t["id"]], records["continuous"][t["id"]]
+    assert cont["images"] == lock["images"] and len(cont["images"]) == 1
+    assert cont["images"][0].endswith(t["image_path"][0])
+    assert cont["prediction"] == lock["prediction"] and cont["reference"] == lock["reference"]
+    for stat in ("tokens", "forwards", "eos", "looped"):
+      assert cont["stats"][stat] == lock["stats"][stat], stat
+
+
 # ------------------------------------------------------------------ resume
 def _same(records):
   return [(r["id"], r["prediction"], r["reference"], r["images"]) for r in records]

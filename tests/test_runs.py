@@ -133,3 +133,15 @@ def test_load_run_decodes_a_workdir_as_trained(tmp_path):
   assert got == [r["prediction"] for r in reference.generate(studies, want)]
   with pytest.raises(UserError, match="no such directory"):
     runs.load_run(str(tmp_path / "missing"))
+
+
+def test_reproduce_refuses_an_unknown_batching():
+  import configs.dcd as dcd
+  from echo_jax import config_lib, reproduce
+
+  config = dcd.get_config("tiny")
+  config.eval.batching = "continuous"
+  reproduce.validate(config, 1)
+  config.eval.batching = "ragged"
+  with pytest.raises(config_lib.ConfigError, match="eval.batching='ragged': use one of"):
+    reproduce.validate(config, 1)
