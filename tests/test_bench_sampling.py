@@ -1,6 +1,7 @@
 """The sampling benchmark runs every decoder on the same prompts and reports its speed."""
 
 import json
+import re
 
 import pytest
 
@@ -26,12 +27,15 @@ def test_sampling_benchmark_rows(tmp_path):
   costs = saved["forward_costs"]
   assert set(costs) == {"prefill", *(f"extend_{n}_tokens" for n in (1, 4, 8, 16))}
   assert all(ms > 0 for ms in costs.values())
-  # Per-report overhead: measured minus prefill and forwards (one report per batch here).
+  # Per-report overhead: measured minus prefill and forwards (one report per batch here),
+  # the forwards timed as one program doing only them (forwards_ms).
   ar, one8 = rows[("ar", 1)], rows[("one_step", 8)]
   assert ar["predicted_ms"] == costs["prefill"] + 8 * costs["extend_1_tokens"]
   assert one8["predicted_ms"] == costs["prefill"] + costs["extend_8_tokens"]  # one block
   for r in rows.values():
-    assert r["overhead_ms"] == r["ms_per_report"] - r["predicted_ms"]
+    assert r["forwards_ms"] > 0
+    assert r["overhead_ms"] == r["ms_per_report"] - r["forwards_ms"]
+    assert r["share_of_bound"] == r["forwards_ms"] / r["ms_per_report"]
   assert "of which forwards" in saved["markdown"]
 
 
@@ -80,3 +84,42 @@ def test_batch_sweep_end_to_end(tmp_path):
     )
     assert all(r["reports"] == max(1, point["batch_size"]) for r in point["rows"])
   assert (tmp_path / "sweep.png").is_file() and result["plot"] == str(tmp_path / "sweep.png")
+
+
+def test_forwards_only_program_runs_the_rows_forwards():
+  # A stand-in model that counts, per traced call, the tokens each forward feeds and appends.
+  import jax
+  import jax.numpy as jnp
+
+  calls = []
+
+  class Counting:
+    def split_context(self, context, n, max_tail):
+      return context, jnp.zeros((context.shape[0], 1), jnp.int32)
+
+    def context_slots(self, context, block_len):
+      return 8
+
+    def prefill(self, params, context, cache_length, block_len):
+      calls.append(("prefill", cache_length))
+      return jnp.zeros((cache_length,)), jnp.zeros((context.shape[0],), jnp.int32)
+
+    def extend(self, params, cache, tokens, positions, block_len, num_append):
+      calls.append((tokens.shape[1], num_append))
+      assert positions.shape == tokens.shape
+      return jnp.zeros(tokens.shape + (5,)), cache
+
+  context = jnp.zeros((2, 3))
+  # One-step B = 4, 16 tokens per report: the first block plain, 3 fused forwards.
+  row = dict(sampler="one_step", block_len=4, reports=2, forwards=8, tokens=32)
+  out = bench.forwards_only_program(Counting(), row, 16)(None, context)
+  assert out.shape == (2, 4) and calls == [("prefill", 8 + 16), (4, 0), (8, 4)]
+  # Each loop body traces once; the trip counts (1 plain, 3 fused) are in the jaxpr.
+  jaxpr = str(jax.make_jaxpr(bench.forwards_only_program(Counting(), row, 16))(None, context))
+  assert re.findall(r"length=\d+", jaxpr) == ["length=1", "length=3"]
+  calls.clear()
+  row = dict(sampler="ar", block_len=1, reports=1, forwards=16, tokens=16)
+  program = bench.forwards_only_program(Counting(), row, 16)
+  program(None, context)
+  assert calls == [("prefill", 8 + 16), (1, 1)]
+  assert re.findall(r"length=\d+", str(jax.make_jaxpr(program)(None, context))) == ["length=16"]

@@ -31,7 +31,13 @@ first prompt (the median of --loop single calls: a sampler call runs one), and o
 `extend` forward of n new tokens against that prompt's cache, sized as the samplers'
 for --new_tokens (n = 1: an AR step; B: a multi-step denoising step; 2B: a fused
 one-step block), timed as the mean of a jitted loop of --loop forwards (no dispatch in
-between, as inside a sampler).
+between, as inside a sampler). Each row's predicted_ms adds these up for its forwards.
+
+The bound of each row (forwards_ms): a jitted program doing only the row's prefill and
+forwards per batch, each writing the cache as the sampler does, timed like the sampler
+(`forwards_only_program`). overhead_ms = ms/report - forwards_ms is what the sampler
+spends beyond its forwards, share_of_bound = forwards_ms / (ms/report) how close it runs
+to them.
 """
 
 from __future__ import annotations
@@ -315,7 +321,8 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     "|---|---|---|---|---|---|---|",
   ]
   for r in rows:
-    forwards = f"{r['predicted_ms']:.1f}" if "predicted_ms" in r else "n/a"
+    bound = r.get("forwards_ms", r.get("predicted_ms"))
+    forwards = "n/a" if bound is None else f"{bound:.1f}"
     lines.append(
       f"| {r['name']} | {r['batch_size']} | {r['tpf']:.2f} | {r['tokens_per_second']:.1f} | "
       f"{r['ms_per_report']:.1f} | {forwards} | "
@@ -355,13 +362,97 @@ def predicted_ms(row: dict[str, Any], costs: dict[str, float]) -> float:
   return (costs["prefill"] + ms) / batch
 
 
-def with_overhead(rows: list[dict[str, Any]], costs: dict[str, float]) -> None:
-  """Add predicted_ms (prefill + forwards, see `predicted_ms`) and overhead_ms (measured
-  ms per report minus that) to every row of ours: time spent outside the forwards."""
+def forwards_only_program(model: Any, row: dict[str, Any], new_tokens: int) -> Any:
+  """A jitted `(params, context) -> tokens` doing only what a call of `row`'s sampler
+  must: the prefill and the row's forwards per batch, each writing the cache as the
+  sampler's does, and an argmax fed back so no forward can be hoisted or merged.
+
+  AR: the prompt's last token then one token per forward (num_append=1). A block
+  sampler: `fused` forwards of 2B tokens appending the previous block (num_append=B),
+  every block after the first, and the rest plain B-token denoising forwards
+  (num_append=0). Its time is the bound a sampler reaches when it does nothing else."""
+  b = row["block_len"]
+  forwards = round(row["forwards"] / row["reports"])  # lockstep: per report = per call
+  blocks = row["tokens"] // row["reports"] // b
+  fused = max(blocks - 1, 0) if row["sampler"] != "ar" else 0
+
+  def tokens_of(logits, n):
+    token = jnp.argmax(jnp.sum(logits, axis=1), axis=-1).astype(jnp.int32) % 2
+    return jnp.broadcast_to(token[:, None], (token.shape[0], n))
+
+  def ar(params, context):
+    batch = jax.tree.leaves(context)[0].shape[0]
+    head, last_BT = model.split_context(context, jnp.ones((batch,), jnp.int32), max_tail=1)
+    slots = model.context_slots(head, block_len=1)
+    cache, pos0_B = model.prefill(params, head, cache_length=slots + new_tokens, block_len=1)
+
+    def body(t, carry):
+      token_B1, cache = carry
+      pos = (pos0_B + t)[:, None]
+      logits, cache = model.extend(params, cache, token_B1, pos, block_len=1, num_append=1)
+      return tokens_of(logits, 1), cache
+
+    return jax.lax.fori_loop(0, forwards, body, (jnp.asarray(last_BT, jnp.int32), cache))[0]
+
+  def blockwise(params, context):
+    batch = jax.tree.leaves(context)[0].shape[0]
+    slots = model.context_slots(context, block_len=b)
+    cache, pos0_B = model.prefill(params, context, cache_length=slots + blocks * b, block_len=b)
+    block_T = jnp.arange(b)[None, :]
+
+    def plain(_, x_BT):
+      logits, _ = model.extend(params, cache, x_BT, pos0_B[:, None] + block_T, block_len=b,
+                               num_append=0)  # fmt: skip
+      return tokens_of(logits, b)
+
+    x_BT = jax.lax.fori_loop(0, forwards - fused, plain, jnp.zeros((batch, b), jnp.int32))
+
+    def fuse(k, carry):
+      x_BT, cache = carry
+      pos = pos0_B[:, None] + jnp.concatenate([block_T + k * b, block_T + (k + 1) * b], axis=1)
+      toks = jnp.concatenate([x_BT, x_BT], axis=1)
+      logits, cache = model.extend(params, cache, toks, pos, block_len=b, num_append=b)
+      return tokens_of(logits[:, b:], b), cache
+
+    return jax.lax.fori_loop(0, fused, fuse, (x_BT, cache))[0]
+
+  return jax.jit(ar if row["sampler"] == "ar" else blockwise)
+
+
+def forwards_only_ms(setup: dict[str, Any], args: argparse.Namespace, row: dict[str, Any]) -> float:
+  """Milliseconds per report of `forwards_only_program` on the first batch: the fastest
+  of max(--repeats, 5) calls after a warm-up, divided by the batch size."""
+  generator = inference.ReportGenerator(
+    setup["model"], setup["tokenizer"], setup["example_fn"], batch_size=args.batch_size
+  )
+  _, _, context = next(iter(generator.batches(setup["studies"][: args.batch_size])))
+  program = forwards_only_program(generator.decode_model, row, args.new_tokens)
+  params = generator.params
+  jax.block_until_ready(program(params, context))  # compile
+  times = []
+  for _ in range(max(args.repeats, 5)):
+    start = time.perf_counter()
+    jax.block_until_ready(program(params, context))
+    times.append(time.perf_counter() - start)
+  return 1000 * min(times) / args.batch_size
+
+
+def with_overhead(
+  rows: list[dict[str, Any]], costs: dict[str, float], setup: dict[str, Any] | None = None,
+  args: argparse.Namespace | None = None,
+) -> None:  # fmt: skip
+  """Add to every row of ours predicted_ms (prefill + forwards from the per-forward costs,
+  see `predicted_ms`) and, given the setup, forwards_ms (the same work timed as one
+  program, `forwards_only_ms`); overhead_ms is the measured ms per report minus
+  forwards_ms (minus predicted_ms without a setup): time spent outside the forwards."""
   for row in rows:
     if row["sampler"] in ("ar", "one_step", "multi_step"):
       row["predicted_ms"] = predicted_ms(row, costs)
-      row["overhead_ms"] = row["ms_per_report"] - row["predicted_ms"]
+      bound = row["predicted_ms"]
+      if setup is not None and args is not None:
+        row["forwards_ms"] = bound = forwards_only_ms(setup, args, row)
+      row["overhead_ms"] = row["ms_per_report"] - bound
+      row["share_of_bound"] = bound / row["ms_per_report"]
 
 
 def sweep(setup: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -375,7 +466,7 @@ def sweep(setup: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any
     part = {**setup, "studies": setup["studies"][: max(args.num_prompts, b)]}
     costs = forward_costs(part, at)
     rows = our_rows(part, at)
-    with_overhead(rows, costs)
+    with_overhead(rows, costs, part, at)
     points.append(dict(batch_size=b, forward_costs=costs, rows=rows))
   return points
 
@@ -450,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       only = dict(preset=args.preset, forward_costs=costs, environment=environment())
       return _write(args, only)
     rows = our_rows(setup, args)
-    with_overhead(rows, costs)
+    with_overhead(rows, costs, setup, args)
     if not args.no_peer:
       rows.append(peer_row(setup, args, work))
   ar = next(r for r in rows if r["sampler"] == "ar")
