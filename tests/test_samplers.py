@@ -23,7 +23,7 @@ from echo_jax.sampling import (
   stops,
   transfer_schedule,
 )
-from echo_jax.sampling.commit import filtered_logits
+from echo_jax.sampling.commit import choose_tokens, draw_tokens, filtered_logits
 
 EOS, MASK, PAD = 1, 2, 0
 T = 4  # block length
@@ -233,6 +233,24 @@ def table(rows, vocab=8):
 
 def stub_context(lengths):
   return rm.make_context([[3] * n for n in lengths], max(lengths))
+
+
+def test_one_step_commits_every_masked_position():
+  # The one-step sampler commits the masked positions without ranking them: with all of
+  # a block due at its only step, commit_mask selects exactly those, at any confidence.
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    conf = jnp.asarray(rng.random((3, 8)), jnp.float32)
+    masked = jnp.asarray(rng.random((3, 8)) < 0.7)
+    due = jnp.full((3, 1), 8)
+    for tau in (0.0, 0.5, 0.85, 1.0):
+      np.testing.assert_array_equal(commit_mask(conf, masked, due, tau), masked)
+  logits = jnp.asarray(rng.normal(size=(2, 8, 32)), jnp.float32)
+  hot = Sampling(temperature=1.5, top_k=5)
+  for sampling, key in ((Sampling(), None), (hot, jax.random.key(3))):
+    np.testing.assert_array_equal(
+      draw_tokens(logits, sampling, key), choose_tokens(logits, sampling, key)[0]
+    )
 
 
 def test_multi_step_commit_order_on_fixed_logits():

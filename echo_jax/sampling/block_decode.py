@@ -242,11 +242,15 @@ class _BlockLoop:
 
   def commit_step(self, st: BlockState, logits_BTV: jax.Array) -> BlockState:
     cfg = self.cfg
-    tokens, conf = commit.choose_tokens(
-      logits_BTV, cfg.sampling, _key_at(self.key, st.block, st.step)
-    )
-    due = self.due_S[jnp.minimum(st.step, cfg.steps - 1)]
-    sel = commit.commit_mask(conf, st.masked_BT, due, self.threshold)
+    key = _key_at(self.key, st.block, st.step)
+    if cfg.steps == 1:
+      # The only step has every masked position due, so commit_mask would select them
+      # all, whatever their confidence: skip the softmax and the ranking.
+      tokens, sel = commit.draw_tokens(logits_BTV, cfg.sampling, key), st.masked_BT
+    else:
+      tokens, conf = commit.choose_tokens(logits_BTV, cfg.sampling, key)
+      due = self.due_S[jnp.minimum(st.step, cfg.steps - 1)]
+      sel = commit.commit_mask(conf, st.masked_BT, due, self.threshold)
     if self.rec is not None:  # recording decodes in lockstep: every row is at st.block
       st = st.replace(
         rec=_record(st.rec, st.block * self.T, sel, st.step + 1, logits_BTV, self.rec.top_k)

@@ -57,6 +57,16 @@ def filtered_logits(logits_BTV: jax.Array, sampling: Sampling) -> jax.Array:
   return x
 
 
+def draw_tokens(logits_BTV: jax.Array, sampling: Sampling, key: jax.Array | None) -> jax.Array:
+  """int32 [B, T]: the tokens `choose_tokens` draws, without their confidence."""
+  if sampling.greedy:
+    return jnp.argmax(logits_BTV, axis=-1).astype(jnp.int32)
+  if key is None:
+    raise ValueError("temperature > 0 needs a PRNG key: pass key=jax.random.key(seed)")
+  x = filtered_logits(logits_BTV, sampling)
+  return jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
+
+
 def choose_tokens(
   logits_BTV: jax.Array, sampling: Sampling, key: jax.Array | None
 ) -> tuple[jax.Array, jax.Array]:
@@ -65,15 +75,11 @@ def choose_tokens(
   Greedy: the argmax and its softmax probability. Otherwise a draw from the
   filtered distribution and its probability under that distribution.
   """
+  tokens = draw_tokens(logits_BTV, sampling, key)
   if sampling.greedy:
     probs = jax.nn.softmax(logits_BTV.astype(jnp.float32), axis=-1)
-    tokens = jnp.argmax(logits_BTV, axis=-1).astype(jnp.int32)
   else:
-    if key is None:
-      raise ValueError("temperature > 0 needs a PRNG key: pass key=jax.random.key(seed)")
-    x = filtered_logits(logits_BTV, sampling)
-    probs = jax.nn.softmax(x, axis=-1)
-    tokens = jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
+    probs = jax.nn.softmax(filtered_logits(logits_BTV, sampling), axis=-1)
   conf = jnp.take_along_axis(probs, tokens[..., None], axis=-1)[..., 0]
   return tokens, conf
 
