@@ -330,7 +330,7 @@ def evaluate_models(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
       "grammar, exact findings = share of reports whose 14 labels all equal the reference's; "
       "speed: the samplers' stats on this machine (batch "
       f"{config.eval.batch_size}, {config.eval.get('batching', 'lockstep')} batching, "
-      "first batch's compile excluded).\n\n{table}" + (_probe_line(probe) if probe else "")
+      f"first batch's compile excluded).\n\n{table}" + (_probe_line(probe) if probe else "")
     )
   log.info("results:\n%s", table)
   log.info("wrote %s, %s and %s", "results.json", "results.md", paths["html"])

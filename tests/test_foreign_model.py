@@ -151,3 +151,17 @@ def test_cache_rewind_and_missing_methods(example):
   )
   assert out.tokens_BR.shape == (3, 4)
   jax.block_until_ready(out)
+
+
+@pytest.mark.parametrize("sampler", [OneStepSampler(eos_id=1, mask_id=2, pad_id=0, block_len=T, max_new_tokens=BUDGET),
+                                     AutoregressiveSampler(eos_id=1, pad_id=0, max_new_tokens=BUDGET)],
+                         ids=["one_step", "ar"])  # fmt: skip
+def test_continuous_batching_needs_a_per_row_cache(example, sampler):
+  # The page's cache has one length for the batch: continuous batching says so.
+  from echo_jax.sampling.continuous import ContinuousDecoder
+
+  model, params = example["model"], example["params"]
+  decoder = ContinuousDecoder(sampler, model, params)
+  prompt = example["make_prompt"](PROMPTS, 8)
+  with pytest.raises(TypeError, match="one length per row.*has no per_row"):
+    decoder.compile(prompt, np.arange(3, dtype=np.int32))

@@ -13,7 +13,13 @@ Any model implementing `protocol.DecodeModel` can be decoded.
 
 from echo_jax.sampling.ar import AutoregressiveSampler
 from echo_jax.sampling.block_decode import BlockSamplerConfig
-from echo_jax.sampling.commit import Sampling, choose_tokens, commit_mask, transfer_schedule
+from echo_jax.sampling.commit import (
+  Sampling,
+  choose_tokens,
+  commit_mask,
+  draw_tokens,
+  transfer_schedule,
+)
 from echo_jax.sampling.multi_step import MultiStepSampler
 from echo_jax.sampling.one_step import OneStepSampler
 from echo_jax.sampling.protocol import DecodeModel, SplittableContext
@@ -33,5 +39,6 @@ __all__ = [
   "SplittableContext",
   "choose_tokens",
   "commit_mask",
+  "draw_tokens",
   "transfer_schedule",
 ]

@@ -27,6 +27,7 @@ from echo_jax.sampling.block_decode import (
   _check_model,
   _put_rows,
   keep_finished_lengths,
+  per_row_cache,
 )
 from echo_jax.sampling.one_step import OneStepSampler
 from echo_jax.sampling.protocol import DecodeModel
@@ -99,7 +100,7 @@ class _TokenLoop:
     slots = model.context_slots(head, block_len=1)
     cache, pos0_B = model.prefill(self.params, head, cache_length=slots + r, block_len=1)
     if per_row:
-      cache = cache.per_row()
+      cache = per_row_cache(cache)
     false_B = jnp.zeros((batch,), bool)
     zeros_B = jnp.zeros((batch,), jnp.int32)
     return TokenState(
@@ -131,7 +132,7 @@ class _TokenLoop:
       num_append=1,
     )
     k = None if self.key is None else jax.random.fold_in(self.key, st.t)
-    tok_B = commit.choose_tokens(logits, cfg.sampling, k)[0][:, 0]
+    tok_B = commit.draw_tokens(logits, cfg.sampling, k)[:, 0]
     tok_B = jnp.where(active_B, tok_B, cfg.pad_id)
     buf = _put_rows(st.buf_BR, tok_B[:, None], st.t_B, active_B)
     eos = active_B & (tok_B == cfg.eos_id)

@@ -186,7 +186,7 @@ class _BlockLoop:
     cache_length = slots + self.num_blocks * T
     cache, pos0_B = model.prefill(self.params, head, cache_length=cache_length, block_len=T)
     if per_row:
-      cache = cache.per_row()
+      cache = per_row_cache(cache)
     aux_cache = None
     if self.aux is not None:
       aux_cache, _ = self.aux.prefill(self.aux_params, head, cache_length=cache_length, block_len=T)
@@ -401,6 +401,17 @@ class _BlockLoop:
       batch_forwards=st.batch_forwards,
     )
     return SampleOutput(tokens_BR=tokens_BR, lengths_B=lengths_B, stats=stats)
+
+
+def per_row_cache(cache: Any) -> Any:
+  """`cache` with one length per row (continuous batching), or a TypeError saying why not."""
+  if not all(callable(getattr(cache, name, None)) for name in ("per_row", "put_row")):
+    raise TypeError(
+      f"continuous batching needs a cache with one length per row, and "
+      f"{type(cache).__name__} has no per_row() / put_row() (see KVCache in "
+      "echo_jax/models/decoder.py); decode this model in lockstep"
+    )
+  return cache.per_row()
 
 
 def keep_finished_lengths(before: Any, after: Any, done_B: jax.Array) -> Any:
