@@ -110,7 +110,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       config_lib.validate(stage, num_devices)
     except config_lib.ConfigError as e:
       problems += [f"stages.{name}: {p}" for p in e.problems]
-  batching = config.eval.get("batching", "lockstep")
+  batching = eval_batching(config)
   if batching not in inference.BATCHING:
     problems.append(f"eval.batching={batching!r}: use one of {inference.BATCHING}")
   for row in (*config.eval.rows, *config.eval.get("deranged_rows", ())):
@@ -160,6 +160,11 @@ LOOP_GUARD = dict(ngram=8, max_repeats=4)
 CONSTANT_ROW = "constant report"
 
 
+def eval_batching(config: ml_collections.ConfigDict) -> str:
+  """How the evaluation batches studies (inference.BATCHING); lockstep where unset."""
+  return config.eval.get("batching", "lockstep")
+
+
 def eval_rows(config: ml_collections.ConfigDict) -> list[tuple[str, str, str, int, bool]]:
   """Every decoded row: (name, stage, sampler, block length, with another study's images)."""
   rows = [(*row, False) for row in config.eval.rows]
@@ -198,7 +203,7 @@ def generate_rows(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
       repetition=RepetitionGuard(**LOOP_GUARD),
     )
     generator = inference.ReportGenerator.from_run(
-      run, config.eval.batch_size, batching=config.eval.get("batching", "lockstep")
+      run, config.eval.batch_size, batching=eval_batching(config)
     )
     inputs = deranged if swapped else studies
     log.info("[eval %d/%d] %s on %d studies", index, len(rows), row, len(inputs))
@@ -329,7 +334,7 @@ def evaluate_models(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
       "grammar-valid = share of generated sentences that are sentences of the benchmark's "
       "grammar, exact findings = share of reports whose 14 labels all equal the reference's; "
       "speed: the samplers' stats on this machine (batch "
-      f"{config.eval.batch_size}, {config.eval.get('batching', 'lockstep')} batching, "
+      f"{config.eval.batch_size}, {eval_batching(config)} batching, "
       f"first batch's compile excluded).\n\n{table}" + (_probe_line(probe) if probe else "")
     )
   log.info("results:\n%s", table)

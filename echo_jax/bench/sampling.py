@@ -419,42 +419,44 @@ def forwards_only_program(model: Any, row: dict[str, Any], new_tokens: int) -> A
   return jax.jit(ar if row["sampler"] == "ar" else blockwise)
 
 
-def forwards_only_ms(setup: dict[str, Any], args: argparse.Namespace, row: dict[str, Any]) -> float:
-  """Milliseconds per report of `forwards_only_program`, timed as the sampler's row is:
-  one call per batch of the same studies, the fastest of --repeats passes after a
+def forwards_only_ms(
+  program: Any, params: Any, contexts: Sequence[Any], reports: int, repeats: int
+) -> float:
+  """Milliseconds per report of a `forwards_only_program`, timed as the sampler's row
+  is: one call per batch of the same studies, the fastest of `repeats` passes after a
   warm-up call, divided by the reports."""
-  generator = inference.ReportGenerator(
-    setup["model"], setup["tokenizer"], setup["example_fn"], batch_size=args.batch_size
-  )
-  contexts = [context for _, _, context in generator.batches(setup["studies"])]
-  program = forwards_only_program(generator.decode_model, row, args.new_tokens)
-  params = generator.params
   jax.block_until_ready(program(params, contexts[0]))  # compile
   passes = []
-  for _ in range(args.repeats):
+  for _ in range(repeats):
     seconds = 0.0
     for context in contexts:
       start = time.perf_counter()
       jax.block_until_ready(program(params, context))
       seconds += time.perf_counter() - start
     passes.append(seconds)
-  return 1000 * min(passes) / len(setup["studies"])
+  return 1000 * min(passes) / reports
 
 
 def with_overhead(
-  rows: list[dict[str, Any]], costs: dict[str, float], setup: dict[str, Any] | None = None,
-  args: argparse.Namespace | None = None,
+  rows: list[dict[str, Any]], costs: dict[str, float], setup: dict[str, Any],
+  args: argparse.Namespace,
 ) -> None:  # fmt: skip
   """Add to every row of ours predicted_ms (prefill + forwards from the per-forward costs,
-  see `predicted_ms`) and, given the setup, forwards_ms (the same work timed as one
-  program, `forwards_only_ms`); overhead_ms is the measured ms per report minus
-  forwards_ms (minus predicted_ms without a setup): time spent outside the forwards."""
+  see `predicted_ms`), forwards_ms (the same work timed as one program,
+  `forwards_only_program`), overhead_ms (the measured ms per report minus forwards_ms:
+  time spent outside the forwards) and share_of_bound (forwards_ms / ms per report)."""
+  generator = inference.ReportGenerator(
+    setup["model"], setup["tokenizer"], setup["example_fn"], batch_size=args.batch_size
+  )
+  contexts = [context for _, _, context in generator.batches(setup["studies"])]
   for row in rows:
     if row["sampler"] in ("ar", "one_step", "multi_step"):
       row["predicted_ms"] = predicted_ms(row, costs)
-      bound = row["predicted_ms"]
-      if setup is not None and args is not None:
-        row["forwards_ms"] = bound = forwards_only_ms(setup, args, row)
+      program = forwards_only_program(generator.decode_model, row, args.new_tokens)
+      bound = forwards_only_ms(
+        program, generator.params, contexts, len(setup["studies"]), args.repeats
+      )
+      row["forwards_ms"] = bound
       row["overhead_ms"] = row["ms_per_report"] - bound
       row["share_of_bound"] = bound / row["ms_per_report"]
 

@@ -57,14 +57,24 @@ def filtered_logits(logits_BTV: jax.Array, sampling: Sampling) -> jax.Array:
   return x
 
 
-def draw_tokens(logits_BTV: jax.Array, sampling: Sampling, key: jax.Array | None) -> jax.Array:
-  """int32 [B, T]: the tokens `choose_tokens` draws, without their confidence."""
+def _scores(logits_BTV: jax.Array, sampling: Sampling) -> jax.Array:
+  """float32 logits the token is drawn from: as they are (greedy) or filtered."""
   if sampling.greedy:
-    return jnp.argmax(logits_BTV, axis=-1).astype(jnp.int32)
+    return logits_BTV.astype(jnp.float32)
+  return filtered_logits(logits_BTV, sampling)
+
+
+def _draw(scores_BTV: jax.Array, sampling: Sampling, key: jax.Array | None) -> jax.Array:
+  if sampling.greedy:
+    return jnp.argmax(scores_BTV, axis=-1).astype(jnp.int32)
   if key is None:
     raise ValueError("temperature > 0 needs a PRNG key: pass key=jax.random.key(seed)")
-  x = filtered_logits(logits_BTV, sampling)
-  return jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
+  return jax.random.categorical(key, scores_BTV, axis=-1).astype(jnp.int32)
+
+
+def draw_tokens(logits_BTV: jax.Array, sampling: Sampling, key: jax.Array | None) -> jax.Array:
+  """int32 [B, T]: the tokens `choose_tokens` draws, without their confidence."""
+  return _draw(_scores(logits_BTV, sampling), sampling, key)
 
 
 def choose_tokens(
@@ -75,11 +85,9 @@ def choose_tokens(
   Greedy: the argmax and its softmax probability. Otherwise a draw from the
   filtered distribution and its probability under that distribution.
   """
-  tokens = draw_tokens(logits_BTV, sampling, key)
-  if sampling.greedy:
-    probs = jax.nn.softmax(logits_BTV.astype(jnp.float32), axis=-1)
-  else:
-    probs = jax.nn.softmax(filtered_logits(logits_BTV, sampling), axis=-1)
+  scores = _scores(logits_BTV, sampling)
+  tokens = _draw(scores, sampling, key)
+  probs = jax.nn.softmax(scores, axis=-1)
   conf = jnp.take_along_axis(probs, tokens[..., None], axis=-1)[..., 0]
   return tokens, conf
 
