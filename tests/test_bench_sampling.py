@@ -33,10 +33,10 @@ def test_sampling_benchmark_rows(tmp_path):
   assert ar["predicted_ms"] == costs["prefill"] + 8 * costs["extend_1_tokens"]
   assert one8["predicted_ms"] == costs["prefill"] + costs["extend_8_tokens"]  # one block
   for r in rows.values():
-    assert r["forwards_ms"] > 0
-    assert r["overhead_ms"] == r["ms_per_report"] - r["forwards_ms"]
-    assert r["share_of_bound"] == r["forwards_ms"] / r["ms_per_report"]
-  assert "of which forwards" in saved["markdown"]
+    assert r["forwards_ms"] > 0 and r["paired_ms"] > 0
+    assert r["overhead_ms"] == r["paired_ms"] - r["forwards_ms"]
+    assert r["share_of_bound"] == r["forwards_ms"] / r["paired_ms"]
+  assert "paired: sampler / forwards only (ms)" in saved["markdown"]
 
 
 def test_predicted_ms_counts_fused_forwards():
@@ -69,20 +69,25 @@ def test_sweep_table_and_plot(tmp_path):
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.slow  # every sampler compiled at two batch sizes
+@pytest.mark.slow  # every sampler compiled at two batch sizes, and the peer
 def test_batch_sweep_end_to_end(tmp_path):
   out = tmp_path / "sweep.json"
   result = bench.main(
     ["--data", str(tmp_path / "data"), "--num_prompts", "1", "--new_tokens", "8",
-     "--repeats", "1", "--loop", "2", "--no_peer", "--batch_sizes", "1", "2", "--out", str(out)]
+     "--repeats", "1", "--loop", "2", "--batch_sizes", "1", "2", "--out", str(out)]
   )  # fmt: skip
   saved = json.loads(out.read_text())
   assert [p["batch_size"] for p in saved["sweep"]] == [1, 2]
   for point in saved["sweep"]:
-    assert len(point["rows"]) == 5 and all(
+    # Our five rows and transformers' generate, each at the point's batch size.
+    assert [r["sampler"] for r in point["rows"]][-1] == "hf_generate"
+    assert len(point["rows"]) == 6 and all(
       r["batch_size"] == point["batch_size"] for r in point["rows"]
     )
     assert all(r["reports"] == max(1, point["batch_size"]) for r in point["rows"])
+    assert all(r["tokens"] == 8 * r["reports"] for r in point["rows"])
+    assert re.fullmatch(r"\d/\d reports identical", point["ar_equals_peer"])
+  assert "transformers generate" in saved["markdown"]
   assert (tmp_path / "sweep.png").is_file() and result["plot"] == str(tmp_path / "sweep.png")
 
 
@@ -123,3 +128,28 @@ def test_forwards_only_program_runs_the_rows_forwards():
   program(None, context)
   assert calls == [("prefill", 8 + 16), (1, 1)]
   assert re.findall(r"length=\d+", str(jax.make_jaxpr(program)(None, context))) == ["length=16"]
+
+
+def test_paired_ms_alternates_the_sampler_and_its_bound_batch_by_batch():
+  import jax.numpy as jnp
+
+  order = []
+  sampler_seconds = iter([0.5, 0.3, 0.2, 0.4])  # (batch 0, batch 1) in each of 2 passes
+
+  class Generator:
+    params = "params"
+
+    def decode(self, sampler, context):
+      order.append(("sampler", context))
+      return None, next(sampler_seconds)
+
+  def program(params, context):
+    assert params == "params"
+    order.append(("program", context))
+    return jnp.zeros(())
+
+  ours, bound = bench.paired_ms(Generator(), "s", program, ["a", "b"], reports=4, repeats=2)
+  # The program's compile call, then sampler and program in turn on each batch.
+  assert order == [("program", "a")] + [(w, c) for c in "ab" for w in ("sampler", "program")] * 2
+  assert ours == 1000 * (0.2 + 0.3) / 4  # each batch's fastest sampler call
+  assert 0 < bound < ours

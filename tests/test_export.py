@@ -330,7 +330,7 @@ def test_export_refuses_a_previous_export(exported, capsys):
 
 def test_sampling_benchmark_peer_matches_ar_on_these_weights(exported, tmp_path):
   """The benchmark's transformers row decodes what our AR sampler decodes (issue: 0/8)."""
-  from echo_jax.bench import sampling
+  from echo_jax.bench import hf_peer, sampling
 
   _, work, _ = exported
   argv = ["--checkpoint", work, "--num_prompts", "2", "--new_tokens", "8", "--repeats", "1"]
@@ -340,7 +340,7 @@ def test_sampling_benchmark_peer_matches_ar_on_these_weights(exported, tmp_path)
   sampler = make_sampler("ar", setup["config"].tokens, max_new_tokens=args.new_tokens)
   sampler = dataclasses.replace(sampler, eos_id=setup["config"].text.vocab_size)
   ours = [r["prediction"] for r in gen.generate(setup["studies"], sampler)]
-  peer = sampling.peer_row(setup, args, str(tmp_path))
+  peer = sampling.peer_row(hf_peer.Peer(setup, str(tmp_path)), args, len(setup["studies"]))
   assert len(set(ours)) > 1
   assert peer["predictions"] == ours
 

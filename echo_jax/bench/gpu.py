@@ -57,12 +57,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from echo_jax import inference
+from echo_jax.bench import hf_peer
 from echo_jax.bench import sampling as bench_sampling
 from echo_jax.bench import train as bench_train
-from echo_jax.data import images
-from echo_jax.data import tokenizer as tokenizer_lib
 from echo_jax.models.config import ModelConfig
-from echo_jax.models.hf_import import save_pretrained
 from echo_jax.models.presets import get_preset
 from echo_jax.models.vlm import EchoVLM
 from echo_jax.train import mfu as mfu_lib
@@ -187,36 +185,9 @@ def _row(name, kind, block, batch_size, prefill_s, batches, summary, peak) -> di
 def peer_rows(setup, batch_sizes: Sequence[int], new_tokens: int, repeats: int, work: str):
   """transformers' greedy generate on the same weights and prompts, at each batch size."""
   import torch
-  import transformers
 
-  config, tokenizer = setup["config"], setup["tokenizer"]
   cuda = torch.cuda.is_available()
-  device = "cuda" if cuda else "cpu"
-  path = os.path.join(work, "hf")
-  save_pretrained(setup["model"], config, path)
-  dtype = torch.bfloat16 if config.param_dtype == "bfloat16" else torch.float32
-  hf = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype)
-  hf = hf.to(device).eval()
-  prompts = []
-  for study in setup["studies"]:
-    patches, grid = images.load_study_images(study.image_paths, setup["image_config"])
-    merge = config.vision.spatial_merge_size
-    ids = tokenizer_lib.encode_prompt(tokenizer, [images.num_image_tokens(g, merge) for g in grid])
-    prompts.append((torch.tensor(ids[None]), torch.tensor(patches), torch.tensor(grid)))
-  kw = dict(
-    max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, num_beams=1,
-    eos_token_id=config.tokens.eos, pad_token_id=config.tokens.pad,
-  )  # fmt: skip
-
-  def batch_of(chunk):
-    # Every prompt has the same length (one image of --pixels), so no padding is needed.
-    ids = torch.cat([p[0] for p in chunk]).to(device)
-    return dict(
-      input_ids=ids,
-      attention_mask=torch.ones_like(ids),
-      pixel_values=torch.cat([p[1] for p in chunk]).to(device, dtype),
-      image_grid_thw=torch.cat([p[2] for p in chunk]).to(device),
-    )
+  peer = hf_peer.Peer(setup, work, device="cuda" if cuda else "cpu")
 
   def sync():
     if cuda:
@@ -226,18 +197,14 @@ def peer_rows(setup, batch_sizes: Sequence[int], new_tokens: int, repeats: int, 
   for b in batch_sizes:
     if cuda:
       torch.cuda.reset_peak_memory_stats()
-    chunks = [batch_of(prompts[i : i + b]) for i in range(0, len(prompts), b)]
-    with torch.inference_mode():
-      # generate's own prefill: the prompt's forward, which also yields the first token.
-      first = dict(kw, max_new_tokens=1, min_new_tokens=1)
-      prefill = _fastest(lambda x=chunks[0], k=first: (hf.generate(**x, **k), sync()), repeats)
-      seconds = 0.0
-      for x in chunks:
-        out = hf.generate(**x, **kw)  # also the warm-up of the timed calls
-        if out.shape[1] - x["input_ids"].shape[1] != new_tokens:
-          raise RuntimeError(f"generate returned {out.shape[1]} columns, expected more")
-        seconds += _fastest(lambda x=x: (hf.generate(**x, **kw), sync()), repeats)
-    reports = len(prompts)
+    chunks = peer.batches(b)
+    # generate's own prefill: the prompt's forward, which also yields the first token.
+    prefill = _fastest(lambda x=chunks[0]: (peer.generate(x, 1), sync()), repeats)
+    seconds = 0.0
+    for x in chunks:
+      peer.generate(x, new_tokens)  # the warm-up of the timed calls; checks the length
+      seconds += _fastest(lambda x=x: (peer.generate(x, new_tokens), sync()), repeats)
+    reports = len(peer.prompts)
     summary = dict(reports=reports, tokens=reports * new_tokens, seconds=seconds, tpf=1.0)
     peak = int(torch.cuda.max_memory_allocated()) if cuda else None
     rows.append(_row("transformers generate", "hf_generate", 1, b, prefill, len(chunks),

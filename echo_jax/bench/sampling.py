@@ -34,10 +34,11 @@ one-step block), timed as the mean of a jitted loop of --loop forwards (no dispa
 between, as inside a sampler). Each row's predicted_ms adds these up for its forwards.
 
 The bound of each row (forwards_ms): a jitted program doing only the row's prefill and
-forwards per batch, each writing the cache as the sampler does, timed like the sampler
-(`forwards_only_program`). overhead_ms = ms/report - forwards_ms is what the sampler
-spends beyond its forwards, share_of_bound = forwards_ms / (ms/report) how close it runs
-to them.
+forwards per batch, each writing the cache as the sampler does (`forwards_only_program`),
+timed in alternation with the sampler itself, batch by batch (`paired_ms`: each side's
+fastest of --repeats calls per batch). paired_ms is the sampler's side of that timing,
+overhead_ms = paired_ms - forwards_ms what it spends beyond its forwards, and
+share_of_bound = forwards_ms / paired_ms how close it runs to them.
 """
 
 from __future__ import annotations
@@ -59,10 +60,10 @@ import numpy as np
 from flax import nnx
 
 from echo_jax import inference, runs
+from echo_jax.bench import hf_peer
 from echo_jax.data import images, readers, synthetic
 from echo_jax.data import tokenizer as tokenizer_lib
 from echo_jax.data.examples import StudyExamples
-from echo_jax.models.hf_import import save_pretrained
 from echo_jax.models.presets import TINY_TOKEN_IDS, get_preset
 from echo_jax.models.vlm import EchoVLM
 
@@ -152,22 +153,25 @@ def build(args: argparse.Namespace, data_dir: str, config: Any = None) -> dict[s
   )
 
 
+def budget_sampler(config: Any, kind: str, block: int, new_tokens: int) -> Any:
+  """The sampler of a row, with an EOS id outside the vocabulary: the model can never emit
+  it, so every report runs to `new_tokens`."""
+  sampler = inference.make_sampler(kind, config.tokens, block_len=block, max_new_tokens=new_tokens)
+  return dataclasses.replace(sampler, eos_id=config.text.vocab_size)
+
+
 def our_rows(setup: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
 
   config = setup["config"]
   generator = inference.ReportGenerator(
     setup["model"], setup["tokenizer"], setup["example_fn"], batch_size=args.batch_size
   )
-  never = config.text.vocab_size  # an id outside the vocabulary: no report ends early
   plans = [("AR (echo_jax)", "ar", 1)]
   plans += [(f"multi-step B={b} (steps={b}, tau=0.85)", "multi_step", b) for b in BLOCK_LENS]
   plans += [(f"one-step B={b}", "one_step", b) for b in BLOCK_LENS]
   rows = []
   for name, kind, block in plans:
-    sampler = inference.make_sampler(
-      kind, config.tokens, block_len=block, max_new_tokens=args.new_tokens
-    )
-    sampler = dataclasses.replace(sampler, eos_id=never)
+    sampler = budget_sampler(config, kind, block, args.new_tokens)
     # The fastest of --repeats passes: millisecond timings on a shared CPU are noisy.
     passes = [
       generator.generate(setup["studies"], sampler, progress=name if i == 0 else False)
@@ -237,73 +241,34 @@ def forward_costs(setup: dict[str, Any], args: argparse.Namespace) -> dict[str, 
   return costs
 
 
-def peer_row(setup: dict[str, Any], args: argparse.Namespace, work: str) -> dict[str, Any]:
-  """transformers' greedy generate on the same weights and prompts, batch 1, with the image
-  tokens marked in `mm_token_type_ids` so they get the same 3-D positions as ours."""
+def peer_row(peer: hf_peer.Peer, args: argparse.Namespace, reports: int) -> dict[str, Any]:
+  """transformers' greedy generate (echo_jax/bench/hf_peer.py) of the first `reports`
+  prompts, --batch_size per call, timed as our rows are."""
   import torch  # the peer only: torch is a test/benchmark dependency, not a runtime one
-  import transformers
 
   if args.torch_threads:
     torch.set_num_threads(args.torch_threads)
-  config, tokenizer = setup["config"], setup["tokenizer"]
-  path = os.path.join(work, "hf")
-  save_pretrained(setup["model"], config, path)
-  hf = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
-    path, dtype=torch.float32
-  ).eval()
-  inputs = []
-  for study in setup["studies"]:
-    patches, grid = images.load_study_images(study.image_paths, setup["image_config"])
-    merge = config.vision.spatial_merge_size
-    ids = tokenizer_lib.encode_prompt(tokenizer, [images.num_image_tokens(g, merge) for g in grid])
-    inputs.append(
-      dict(
-        input_ids=torch.tensor(ids[None], dtype=torch.long),
-        attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
-        pixel_values=torch.tensor(patches),
-        image_grid_thw=torch.tensor(grid),
-        # 1 marks the image tokens, as the processor's output does: without it transformers
-        # gives them 1-D positions instead of the 3-D ones echo_jax (and training) uses,
-        # which on trained weights changes the greedy reports.
-        mm_token_type_ids=torch.tensor(ids[None] == config.tokens.image_pad, dtype=torch.long),
-      )
-    )
+  batches = peer.batches(args.batch_size, reports)
   n = args.new_tokens
-  kw = dict(
-    max_new_tokens=n,
-    min_new_tokens=n,
-    do_sample=False,
-    num_beams=1,
-    eos_token_id=config.tokens.eos,
-    pad_token_id=config.tokens.pad,
-  )
-
-  def run(x):
-    with torch.inference_mode():
-      return hf.generate(**x, **kw)
-
-  run(inputs[0])  # warm-up
+  peer.generate(batches[0], n)  # warm-up
   seconds, texts = 0.0, []
-  for x in inputs:
+  for batch in batches:
     times = []
-    for _ in range(args.repeats):  # the fastest pass, as for our rows
+    for _ in range(args.repeats):  # the fastest call, as for our rows
       start = time.perf_counter()
-      out = run(x)
+      new = peer.generate(batch, n)
       times.append(time.perf_counter() - start)
     seconds += min(times)
-    new = out[0, x["input_ids"].shape[1] :].numpy()
-    if len(new) != n:
-      raise RuntimeError(f"generate returned {len(new)} new tokens, expected {n}")
-    texts.append(tokenizer_lib.decode(tokenizer, np.asarray(new), stop_at_eos=False))
-  reports, tokens = len(inputs), n * len(inputs)
+    texts += [peer.text(row) for row in new]
+  tokens = n * reports
   return dict(
     name="transformers generate (PyTorch, greedy)",
     sampler="hf_generate",
     block_len=1,
-    batch_size=1,
+    batch_size=args.batch_size,
     reports=reports,
     tokens=tokens,
-    forwards=tokens,
+    forwards=tokens,  # one per new token of each report, as our rows count them
     seconds=seconds,
     tpf=1.0,
     tokens_per_second=tokens / seconds,
@@ -317,15 +282,18 @@ def peer_row(setup: dict[str, Any], args: argparse.Namespace, work: str) -> dict
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
   ar = next((r for r in rows if r["sampler"] == "ar"), rows[0])
   lines = [
-    "| decoder | batch | TPF | tokens/s | ms/report | of which forwards | speed-up vs AR |",
+    "| decoder | batch | TPF | tokens/s | ms/report | paired: sampler / forwards only (ms) "
+    "| speed-up vs AR |",
     "|---|---|---|---|---|---|---|",
   ]
   for r in rows:
-    bound = r.get("forwards_ms", r.get("predicted_ms"))
-    forwards = "n/a" if bound is None else f"{bound:.1f}"
+    if "forwards_ms" in r:
+      paired = f"{r['paired_ms']:.1f} / {r['forwards_ms']:.1f} ({r['share_of_bound']:.0%})"
+    else:
+      paired = "n/a"
     lines.append(
       f"| {r['name']} | {r['batch_size']} | {r['tpf']:.2f} | {r['tokens_per_second']:.1f} | "
-      f"{r['ms_per_report']:.1f} | {forwards} | "
+      f"{r['ms_per_report']:.1f} | {paired} | "
       f"{r['tokens_per_second'] / ar['tokens_per_second']:.2f}x |"
     )
   return "\n".join(lines)
@@ -419,22 +387,28 @@ def forwards_only_program(model: Any, row: dict[str, Any], new_tokens: int) -> A
   return jax.jit(ar if row["sampler"] == "ar" else blockwise)
 
 
-def forwards_only_ms(
-  program: Any, params: Any, contexts: Sequence[Any], reports: int, repeats: int
-) -> float:
-  """Milliseconds per report of a `forwards_only_program`, timed as the sampler's row
-  is: one call per batch of the same studies, the fastest of `repeats` passes after a
-  warm-up call, divided by the reports."""
+def paired_ms(
+  generator: inference.ReportGenerator, sampler: Any, program: Any,
+  contexts: Sequence[Any], reports: int, repeats: int,
+) -> tuple[float, float]:  # fmt: skip
+  """Milliseconds per report of `sampler` and of its `forwards_only_program`, timed in
+  alternation: each batch's sampler call is followed by the program's call on the same
+  batch, `repeats` times after a warm-up, and each batch's fastest call of each counts.
+
+  Load that comes and goes on a shared machine then hits both alike; timed minutes
+  apart (the row's passes, then the bound's), their ratio moved by ±30% run to run."""
+  params = generator.params
   jax.block_until_ready(program(params, contexts[0]))  # compile
-  passes = []
+  sampler_s = np.full(len(contexts), np.inf)
+  bound_s = np.full(len(contexts), np.inf)
   for _ in range(repeats):
-    seconds = 0.0
-    for context in contexts:
+    for i, context in enumerate(contexts):
+      _, seconds = generator.decode(sampler, context)  # compiles on its first call, untimed
+      sampler_s[i] = min(sampler_s[i], seconds)
       start = time.perf_counter()
       jax.block_until_ready(program(params, context))
-      seconds += time.perf_counter() - start
-    passes.append(seconds)
-  return 1000 * min(passes) / reports
+      bound_s[i] = min(bound_s[i], time.perf_counter() - start)
+  return 1000 * float(sampler_s.sum()) / reports, 1000 * float(bound_s.sum()) / reports
 
 
 def with_overhead(
@@ -442,9 +416,10 @@ def with_overhead(
   args: argparse.Namespace,
 ) -> None:  # fmt: skip
   """Add to every row of ours predicted_ms (prefill + forwards from the per-forward costs,
-  see `predicted_ms`), forwards_ms (the same work timed as one program,
-  `forwards_only_program`), overhead_ms (the measured ms per report minus forwards_ms:
-  time spent outside the forwards) and share_of_bound (forwards_ms / ms per report)."""
+  see `predicted_ms`) and, from one `paired_ms` timing of the row's sampler against the
+  same work done as one program (`forwards_only_program`): paired_ms (the sampler),
+  forwards_ms (the program), overhead_ms (paired_ms - forwards_ms: time spent outside
+  the forwards) and share_of_bound (forwards_ms / paired_ms)."""
   generator = inference.ReportGenerator(
     setup["model"], setup["tokenizer"], setup["example_fn"], batch_size=args.batch_size
   )
@@ -452,17 +427,20 @@ def with_overhead(
   for row in rows:
     if row["sampler"] in ("ar", "one_step", "multi_step"):
       row["predicted_ms"] = predicted_ms(row, costs)
+      sampler = budget_sampler(setup["config"], row["sampler"], row["block_len"], args.new_tokens)
       program = forwards_only_program(generator.decode_model, row, args.new_tokens)
-      bound = forwards_only_ms(
-        program, generator.params, contexts, len(setup["studies"]), args.repeats
+      ours, bound = paired_ms(
+        generator, sampler, program, contexts, len(setup["studies"]), args.repeats
       )
-      row["forwards_ms"] = bound
-      row["overhead_ms"] = row["ms_per_report"] - bound
-      row["share_of_bound"] = bound / row["ms_per_report"]
+      row.update(paired_ms=ours, forwards_ms=bound, overhead_ms=ours - bound)
+      row["share_of_bound"] = bound / ours
 
 
-def sweep(setup: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
-  """Every row of ours at each of --batch_sizes: {batch_size, forward_costs, rows}.
+def sweep(
+  setup: dict[str, Any], args: argparse.Namespace, peer: hf_peer.Peer | None = None
+) -> list[dict[str, Any]]:
+  """Every row at each of --batch_sizes, and the peer's if one is given:
+  {batch_size, forward_costs, rows}.
 
   A batch of b decodes max(--num_prompts, b) studies, so every batch size is timed on
   at least one full batch."""
@@ -473,6 +451,8 @@ def sweep(setup: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any
     costs = forward_costs(part, at)
     rows = our_rows(part, at)
     with_overhead(rows, costs, part, at)
+    if peer is not None:
+      rows.append(peer_row(peer, at, len(part["studies"])))
     points.append(dict(batch_size=b, forward_costs=costs, rows=rows))
   return points
 
@@ -549,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rows = our_rows(setup, args)
     with_overhead(rows, costs, setup, args)
     if not args.no_peer:
-      rows.append(peer_row(setup, args, work))
+      rows.append(peer_row(hf_peer.Peer(setup, work), args, len(setup["studies"])))
   ar = next(r for r in rows if r["sampler"] == "ar")
   result = dict(
     command="python -m echo_jax.bench.sampling " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -580,10 +560,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def _sweep_main(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
   with tempfile.TemporaryDirectory() as work:
     setup = build(args, args.data or os.path.join(work, "data"))
-    points = sweep(setup, args)
+    peer = None if args.no_peer else hf_peer.Peer(setup, work)
+    points = sweep(setup, args, peer)
   for point in points:
-    for row in point["rows"]:
-      row.pop("predictions")
+    texts = {row["sampler"]: row.pop("predictions") for row in point["rows"]}
+    if "hf_generate" in texts:
+      same = sum(a == b for a, b in zip(texts["ar"], texts["hf_generate"], strict=True))
+      point["ar_equals_peer"] = f"{same}/{len(texts['ar'])} reports identical"
   plot = args.plot or os.path.splitext(args.out)[0] + ".png"
   os.makedirs(os.path.dirname(os.path.abspath(plot)), exist_ok=True)
   sweep_figure(points, plot)
