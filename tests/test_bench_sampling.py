@@ -64,6 +64,8 @@ def test_sweep_table_and_plot(tmp_path):
   table = bench.sweep_markdown(points)
   assert table.splitlines()[0] == "| decoder | batch 1 | batch 8 |"
   assert "| one-step B=8 | 150 tok/s (6.7 ms) | 1100 tok/s (0.9 ms) |" in table
+  points[1]["rows"][0]["share_of_bound"] = 0.934
+  assert "| 600 tok/s (1.7 ms; 93% of bound) |" in bench.sweep_markdown(points)
   png = tmp_path / "sweep.png"
   bench.sweep_figure(points, str(png))
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -483,17 +483,20 @@ def sweep_figure(points: Sequence[dict[str, Any]], path: str) -> None:
 
 
 def sweep_markdown(points: Sequence[dict[str, Any]]) -> str:
-  """tokens/s (and ms per report) of every sampler at every batch size."""
+  """tokens/s and ms per report of every row at every batch size, with the row's
+  share_of_bound where it has one."""
   sizes = [p["batch_size"] for p in points]
   lines = [
     "| decoder | " + " | ".join(f"batch {b}" for b in sizes) + " |",
     "|---|" + "---|" * len(sizes),
   ]
+
+  def cell(r: dict[str, Any]) -> str:
+    share = f"; {r['share_of_bound']:.0%} of bound" if "share_of_bound" in r else ""
+    return f"{r['tokens_per_second']:.0f} tok/s ({r['ms_per_report']:.1f} ms{share})"
+
   for i, row in enumerate(points[0]["rows"]):
-    cells = [
-      f"{p['rows'][i]['tokens_per_second']:.0f} tok/s ({p['rows'][i]['ms_per_report']:.1f} ms)"
-      for p in points
-    ]
+    cells = [cell(p["rows"][i]) for p in points]
     lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
