@@ -340,9 +340,14 @@ def test_sampling_benchmark_peer_matches_ar_on_these_weights(exported, tmp_path)
   sampler = make_sampler("ar", setup["config"].tokens, max_new_tokens=args.new_tokens)
   sampler = dataclasses.replace(sampler, eos_id=setup["config"].text.vocab_size)
   ours = [r["prediction"] for r in gen.generate(setup["studies"], sampler)]
-  peer = sampling.peer_row(hf_peer.Peer(setup, str(tmp_path)), args, len(setup["studies"]))
+  peer = hf_peer.Peer(setup, str(tmp_path))
+  row = sampling.peer_row(peer, args, len(setup["studies"]))
   assert len(set(ours)) > 1
-  assert peer["predictions"] == ours
+  assert row["predictions"] == ours
+  # Batched, as in the benchmark's sweep: the same reports.
+  args.batch_size = 2
+  row = sampling.peer_row(peer, args, len(setup["studies"]))
+  assert row["batch_size"] == 2 and row["predictions"] == ours
 
 
 def test_generate_command_decodes_the_export(exported):

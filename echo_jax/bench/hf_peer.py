@@ -21,8 +21,9 @@ from echo_jax.models.hf_import import save_pretrained
 
 
 class Peer:
-  """`Peer(setup, work, device)`: the exported model on `device`, the studies' prompts,
-  and `generate(batch)` of exactly `new_tokens` tokens per prompt.
+  """`Peer(setup, work, device)`: the exported model on `device`, the studies' prompts
+  (`batches` makes `generate`'s inputs of them), and `generate(batch, n)` of exactly n
+  new tokens per prompt.
 
   `setup` is echo_jax/bench/sampling.py's `build` output (model, config, tokenizer,
   studies, image_config); `work` a directory for the export."""
