@@ -2,8 +2,8 @@
 
 The weights are ours, exported with `echo_jax.models.hf_import.save_pretrained` and
 reopened with `Qwen2_5_VLForConditionalGeneration.from_pretrained`; each prompt is the
-same chat prompt and image patches our samplers decode. Used by
-echo_jax/bench/sampling.py (CPU, float32) and echo_jax/bench/gpu.py (CUDA, bfloat16).
+same chat prompt and image patches our samplers decode, in the model config's dtype.
+Used by echo_jax/bench/sampling.py and echo_jax/bench/gpu.py (on CUDA where it has one).
 torch and transformers are benchmark dependencies, imported only when a peer is built.
 """
 

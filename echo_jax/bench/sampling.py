@@ -21,7 +21,7 @@ Timing: wall time of each batch from the call to the finished output, after one
 untimed warm-up call (compilation for JAX, first-call overheads for PyTorch); image
 loading and tokenization are not timed on either side. Each row is timed --repeats
 times and the fastest pass counts (for us the fastest pass over all prompts, for
-`generate` the fastest per prompt). tokens/s = all new tokens /
+`generate` the fastest call per batch of prompts). tokens/s = all new tokens /
 all timed seconds; ms/report = timed seconds / reports; TPF = new tokens / decode
 forwards (the prefill not counted; for `generate` the forward that consumes the
 prompt also yields the first token, so its TPF is 1 by construction).
